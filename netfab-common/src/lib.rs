@@ -1,0 +1,245 @@
+//! Types shared by the kernel side (`netfab-ebpf`) and user space (`netfab`).
+//!
+//! Every map key and value is `#[repr(C)]`, has only fixed-size fields, carries
+//! explicit padding and has its size asserted at compile time, so both sides
+//! agree byte for byte. Flags are `u32`/`u16` rather than `bool` for the same
+//! reason. Byte order is stated per field.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Map names, shared so user space looks up exactly what the object defines.
+pub mod maps {
+    pub const ENDPOINTS: &str = "NF_ENDPOINTS";
+    pub const REMOTE_SUBNETS: &str = "NF_REMOTE_SUBNETS";
+    pub const KNOWN_HOSTS: &str = "NF_KNOWN_HOSTS";
+    pub const NETWORKS: &str = "NF_NETWORKS";
+    pub const HOST_CONFIG: &str = "NF_HOST_CONFIG";
+    pub const TRAFFIC: &str = "NF_TRAFFIC";
+    pub const DROPS: &str = "NF_DROPS";
+    /// Every map user space pins and adopts across restarts.
+    pub const ALL: [&str; 7] = [
+        ENDPOINTS,
+        REMOTE_SUBNETS,
+        KNOWN_HOSTS,
+        NETWORKS,
+        HOST_CONFIG,
+        TRAFFIC,
+        DROPS,
+    ];
+}
+
+/// Program names (the function names in `netfab-ebpf`).
+pub mod programs {
+    pub const FROM_CONTAINER: &str = "from_container";
+    pub const FROM_OVERLAY: &str = "from_overlay";
+}
+
+pub const MAX_ENDPOINTS: u32 = 16384;
+pub const MAX_REMOTE_SUBNETS: u32 = 16384;
+pub const MAX_HOSTS: u32 = 16384;
+pub const MAX_NETWORKS: u32 = 256;
+
+/// A container attached on this host. Key: container IPv4, network byte order
+/// (the raw `u32` as it sits in the IP header).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host-side veth ifindex: packets from the container arrive here, and
+    /// `bpf_redirect_peer` to it lands in the container.
+    pub ifindex: u32,
+    /// The network (VXLAN VNI) the container belongs to.
+    pub vni: u32,
+    /// The container interface's MAC (inner destination on delivery).
+    pub mac: [u8; 6],
+    /// The host-side veth's MAC (the container's gateway MAC).
+    pub gw_mac: [u8; 6],
+}
+const _: () = assert!(size_of::<Endpoint>() == 20);
+
+/// A remote host's subnet. Key: LPM trie key with the prefix in network order.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RemoteSubnet {
+    /// The remote host's underlay IPv4 in host byte order (what
+    /// `bpf_tunnel_key.remote_ipv4` takes).
+    pub underlay_ip: u32,
+    /// VNI of the network the subnet belongs to.
+    pub vni: u32,
+    /// The remote host's VXLAN device MAC: inner destination MAC, so a plain
+    /// kernel VXLAN receiver accepts the frame.
+    pub vtep_mac: [u8; 6],
+    /// `REMOTE_F_*` bits.
+    pub flags: u16,
+}
+const _: () = assert!(size_of::<RemoteSubnet>() == 16);
+
+/// Reach the peer without encapsulation (same L2 segment). Reserved for the
+/// direct-routing mode; the VXLAN path ignores it.
+pub const REMOTE_F_DIRECT: u16 = 1;
+
+/// Value of the known-hosts map (key: underlay IPv4, host byte order).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct KnownHost {
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<KnownHost>() == 4);
+
+/// Value of the networks map (key: VNI).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct NetworkInfo {
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<NetworkInfo>() == 4);
+
+/// Per-host settings; a one-slot array at index 0.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct HostConfig {
+    /// ifindex of this host's collect-metadata VXLAN device; 0 = not ready,
+    /// remote traffic then goes to the stack.
+    pub vxlan_ifindex: u32,
+    /// MAC of that device: the inner source MAC of encapsulated frames.
+    pub vxlan_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<HostConfig>() == 12);
+
+/// Packets and bytes, per CPU, per [`Direction`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct TrafficCounter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<TrafficCounter>() == 16);
+
+/// Where the datapath sent a packet; index into the traffic map.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From a container to a container on the same host.
+    LocalDelivery = 0,
+    /// From a container, encapsulated towards a remote host.
+    ToOverlay = 1,
+    /// From the overlay, delivered to a local container.
+    FromOverlay = 2,
+    /// From a container, handed to the host stack (host, outside, non-IPv4).
+    ToStack = 3,
+}
+
+impl Direction {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [Direction; 4] = [
+        Direction::LocalDelivery,
+        Direction::ToOverlay,
+        Direction::FromOverlay,
+        Direction::ToStack,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::LocalDelivery => "local_delivery",
+            Direction::ToOverlay => "to_overlay",
+            Direction::FromOverlay => "from_overlay",
+            Direction::ToStack => "to_stack",
+        }
+    }
+}
+
+/// Why the datapath dropped a packet; index into the drops map.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Ethernet or IPv4 header shorter than it must be.
+    Truncated = 0,
+    /// IPv4 header with a bad version or header length.
+    BadIpHeader = 1,
+    /// Source IP is not the address assigned to the container's interface.
+    SpoofedSource = 2,
+    /// VXLAN frame whose VNI is not a network this host serves.
+    UnknownVni = 3,
+    /// VXLAN frame from an underlay IP that is not a known host.
+    UnknownSource = 4,
+    /// Overlay frame for an IP with no endpoint on this host.
+    NoEndpoint = 5,
+    /// No tunnel metadata on a frame at the overlay device.
+    NoTunnelKey = 6,
+    /// TTL would reach zero on forwarding.
+    TtlExceeded = 7,
+    /// Source and destination belong to different networks.
+    NetworkMismatch = 8,
+    /// A kernel helper (tunnel key, header rewrite) failed.
+    HelperFailed = 9,
+    /// Non-IPv4 frame arriving from the overlay.
+    NotIpv4 = 10,
+}
+
+impl DropReason {
+    pub const COUNT: u32 = 11;
+    pub const ALL: [DropReason; 11] = [
+        DropReason::Truncated,
+        DropReason::BadIpHeader,
+        DropReason::SpoofedSource,
+        DropReason::UnknownVni,
+        DropReason::UnknownSource,
+        DropReason::NoEndpoint,
+        DropReason::NoTunnelKey,
+        DropReason::TtlExceeded,
+        DropReason::NetworkMismatch,
+        DropReason::HelperFailed,
+        DropReason::NotIpv4,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::BadIpHeader => "bad_ip_header",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::UnknownVni => "unknown_vni",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::NoEndpoint => "no_endpoint",
+            DropReason::NoTunnelKey => "no_tunnel_key",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::NetworkMismatch => "network_mismatch",
+            DropReason::HelperFailed => "helper_failed",
+            DropReason::NotIpv4 => "not_ipv4",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], has no implicit padding (sizes asserted
+    // above) and every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RemoteSubnet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KnownHost {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetworkInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HostConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TrafficCounter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_indices_are_dense() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{}", r.name());
+        }
+        for (i, d) in Direction::ALL.iter().enumerate() {
+            assert_eq!(*d as u32, i as u32, "{}", d.name());
+        }
+        assert_eq!(DropReason::ALL.len() as u32, DropReason::COUNT);
+        assert_eq!(Direction::ALL.len() as u32, Direction::COUNT);
+    }
+}

@@ -1,0 +1,36 @@
+//! The maps user space fills. All are pinned by name so a restarted agent
+//! adopts them (and their contents) instead of starting empty.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+use netfab_common::{
+    Endpoint, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, TrafficCounter, MAX_ENDPOINTS,
+    MAX_HOSTS, MAX_NETWORKS, MAX_REMOTE_SUBNETS,
+};
+
+/// Local containers by IPv4 (network order).
+#[map(name = "NF_ENDPOINTS")]
+pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// Remote hosts' subnets, longest-prefix match on the destination (network order).
+#[map(name = "NF_REMOTE_SUBNETS")]
+pub static REMOTE_SUBNETS: LpmTrie<u32, RemoteSubnet> = LpmTrie::pinned(MAX_REMOTE_SUBNETS, 0);
+
+/// Underlay IPv4s (host order) allowed to send us VXLAN.
+#[map(name = "NF_KNOWN_HOSTS")]
+pub static KNOWN_HOSTS: HashMap<u32, KnownHost> = HashMap::pinned(MAX_HOSTS, 0);
+
+/// VNIs this host serves.
+#[map(name = "NF_NETWORKS")]
+pub static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::pinned(MAX_NETWORKS, 0);
+
+#[map(name = "NF_HOST_CONFIG")]
+pub static HOST_CONFIG: Array<HostConfig> = Array::pinned(1, 0);
+
+#[map(name = "NF_TRAFFIC")]
+pub static TRAFFIC: PerCpuArray<TrafficCounter> =
+    PerCpuArray::pinned(netfab_common::Direction::COUNT, 0);
+
+#[map(name = "NF_DROPS")]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(netfab_common::DropReason::COUNT, 0);

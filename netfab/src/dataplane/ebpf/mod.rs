@@ -1,0 +1,239 @@
+//! The eBPF dataplane: TC programs on each container veth and on a
+//! collect-metadata VXLAN device, driven by pinned maps.
+//!
+//! Layout in bpffs (`pin_dir`, default /sys/fs/bpf/netfab/<node>):
+//!   NF_*            the maps (pinned by the loader, adopted on restart)
+//!   links/<if>_ingress   one TCX link per attachment point
+pub mod attach;
+pub mod maps;
+pub mod object;
+pub mod tables;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
+use log::{info, warn};
+use netfab_common::programs;
+
+use self::{maps::BpfMaps, tables::LinkFacts};
+use super::{ApplyReport, Dataplane};
+use crate::{
+    addr::MacAddr,
+    netlink::{Netlink, VxlanSpec, VXLAN_OVERHEAD},
+    state::DesiredState,
+};
+
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/netfab";
+
+pub struct EbpfDataplane {
+    ebpf: Ebpf,
+    maps: BpfMaps,
+    pin_dir: PathBuf,
+    netlink: Netlink,
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
+pub fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .status()
+        .context("running mount for bpffs")?;
+    if !status.success() {
+        return Err(anyhow!("mounting bpffs at /sys/fs/bpf failed ({status})"));
+    }
+    Ok(())
+}
+
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+impl EbpfDataplane {
+    /// Loads the programs, creating or adopting the pinned maps in `pin_dir`.
+    pub fn load(object: &Path, pin_dir: &Path) -> Result<Self> {
+        ensure_bpffs()?;
+        std::fs::create_dir_all(links_dir(pin_dir))
+            .with_context(|| format!("creating {}", pin_dir.display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load_file(object)
+            .with_context(|| format!("loading eBPF object {}", object.display()))?;
+        for name in [programs::FROM_CONTAINER, programs::FROM_OVERLAY] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("verifying/loading program {name}"))?;
+        }
+        match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => spawn_log_reader(logger),
+            Err(e) => warn!("eBPF logs unavailable: {e}"),
+        }
+        let maps = BpfMaps::open(pin_dir)?;
+        let netlink = Netlink::connect()?;
+        Ok(Self {
+            ebpf,
+            maps,
+            pin_dir: pin_dir.to_path_buf(),
+            netlink,
+        })
+    }
+
+    pub fn maps(&self) -> &BpfMaps {
+        &self.maps
+    }
+
+    async fn ensure_vxlan(&self, state: &DesiredState) -> Result<LinkFacts> {
+        let underlay = self
+            .netlink
+            .link(&state.underlay_interface)
+            .await?
+            .ok_or_else(|| anyhow!("underlay interface {} not found", state.underlay_interface))?;
+        let ip = self
+            .netlink
+            .ipv4_addrs(underlay.facts.ifindex)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                anyhow!(
+                    "underlay interface {} has no IPv4 address",
+                    state.underlay_interface
+                )
+            })?;
+        let spec = VxlanSpec {
+            name: state.vxlan_device.clone(),
+            port: state.vxlan_port,
+            underlay_ifindex: underlay.facts.ifindex,
+            mac: MacAddr::vtep_for(ip),
+            mtu: underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
+        };
+        self.netlink.ensure_vxlan(&spec).await
+    }
+
+    /// Attaches (or re-attaches) the programs and drops pins of interfaces
+    /// that are no longer wanted.
+    fn attach_all(&mut self, vxlan_dev: &str, veths: &BTreeSet<String>) -> Result<usize> {
+        let dir = links_dir(&self.pin_dir);
+        let mut n = 0;
+        let prog = classifier(&mut self.ebpf, programs::FROM_OVERLAY)?;
+        attach::attach_ingress(prog, vxlan_dev, &attach::link_pin_path(&dir, vxlan_dev))?;
+        n += 1;
+        let prog = classifier(&mut self.ebpf, programs::FROM_CONTAINER)?;
+        for ifname in veths {
+            match attach::attach_ingress(prog, ifname, &attach::link_pin_path(&dir, ifname)) {
+                Ok(_) => n += 1,
+                Err(e) => warn!("{ifname}: {e:#}"),
+            }
+        }
+        let wanted: BTreeSet<String> = veths
+            .iter()
+            .chain(std::iter::once(&vxlan_dev.to_string()))
+            .map(|i| attach::link_pin_name(i))
+            .collect();
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !wanted.contains(&name) {
+                info!("detaching stale link {name}");
+                attach::detach(&entry.path())?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a TC classifier"))
+}
+
+fn spawn_log_reader(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // The datapath logs drops at debug level; forward them to `log`.
+    // SAFETY: the fd is the logger's ring buffer map, owned by the logger,
+    // which the AsyncFd owns for its whole life.
+    match unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    } {
+        Ok(mut fd) => {
+            tokio::spawn(async move {
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        break;
+                    };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => warn!("eBPF log reader: {}", e.into_parts().1),
+    }
+}
+
+impl Dataplane for EbpfDataplane {
+    async fn apply(&mut self, state: &DesiredState) -> Result<ApplyReport> {
+        let vxlan = self.ensure_vxlan(state).await?;
+        let links = self.netlink.links().await?;
+        let facts: HashMap<String, LinkFacts> =
+            links.into_iter().map(|(n, d)| (n, d.facts)).collect();
+        let (tables, skipped) = tables::desired_tables(state, &facts, Some(vxlan));
+        // Maps before attachments: a new container's first packet must find
+        // its endpoint entry, or it would be dropped as spoofed.
+        let (map_upserts, map_removals) = self.maps.apply(&tables)?;
+        let veths: BTreeSet<String> = state
+            .endpoints
+            .iter()
+            .filter(|e| facts.contains_key(&e.host_ifname))
+            .map(|e| e.host_ifname.clone())
+            .collect();
+        let attached = self.attach_all(&state.vxlan_device, &veths)?;
+        Ok(ApplyReport {
+            map_upserts,
+            map_removals,
+            attached,
+            skipped,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+}
+
+/// Removes everything the eBPF dataplane created for `pin_dir`: links (which
+/// detaches the programs), map pins, and the VXLAN device. Keeps going past
+/// errors and reports all of them.
+pub async fn cleanup(pin_dir: &Path, vxlan_device: &str) -> Result<()> {
+    let mut errors = Vec::new();
+    if pin_dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(pin_dir) {
+            errors.push(format!("removing {}: {e}", pin_dir.display()));
+        }
+    }
+    match Netlink::connect() {
+        Ok(nl) => {
+            if let Err(e) = nl.delete(vxlan_device).await {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        Err(e) => errors.push(format!("{e:#}")),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("cleanup incomplete: {}", errors.join("; ")))
+    }
+}

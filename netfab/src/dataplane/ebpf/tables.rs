@@ -1,0 +1,131 @@
+//! The contents the eBPF maps should have, computed from the desired state
+//! and a few facts read from the kernel (ifindexes and MACs). Pure: no I/O.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+};
+
+use ipnet::Ipv4Net;
+use netfab_common::{Endpoint, HostConfig, KnownHost, NetworkInfo, RemoteSubnet};
+
+use crate::{addr::MacAddr, state::DesiredState};
+
+/// An interface as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkFacts {
+    pub ifindex: u32,
+    pub mac: MacAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tables {
+    pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    pub remote_subnets: BTreeMap<Ipv4Net, RemoteSubnet>,
+    pub known_hosts: BTreeMap<Ipv4Addr, KnownHost>,
+    pub networks: BTreeMap<u32, NetworkInfo>,
+    pub host_config: HostConfig,
+}
+
+/// Builds the tables. Endpoints whose veth is not (yet) in `links` are left
+/// out and reported, so one missing container never blocks the others.
+pub fn desired_tables(
+    state: &DesiredState,
+    links: &HashMap<String, LinkFacts>,
+    vxlan: Option<LinkFacts>,
+) -> (Tables, Vec<String>) {
+    let mut skipped = Vec::new();
+    let mut t = Tables::default();
+    for e in &state.endpoints {
+        match links.get(&e.host_ifname) {
+            Some(link) => {
+                t.endpoints.insert(
+                    e.ip,
+                    Endpoint {
+                        ifindex: link.ifindex,
+                        vni: e.vni,
+                        mac: e.mac.0,
+                        gw_mac: link.mac.0,
+                    },
+                );
+            }
+            None => skipped.push(format!(
+                "endpoint {}: interface {} not found",
+                e.ip, e.host_ifname
+            )),
+        }
+    }
+    for r in &state.remotes {
+        t.remote_subnets.insert(
+            r.subnet.trunc(),
+            RemoteSubnet {
+                underlay_ip: u32::from(r.underlay_ip),
+                vni: r.vni,
+                vtep_mac: r.vtep_mac.0,
+                flags: 0,
+            },
+        );
+        t.known_hosts.insert(r.underlay_ip, KnownHost::default());
+    }
+    for n in &state.networks {
+        t.networks.insert(n.vni, NetworkInfo::default());
+    }
+    if let Some(v) = vxlan {
+        t.host_config = HostConfig {
+            vxlan_ifindex: v.ifindex,
+            vxlan_mac: v.mac.0,
+            _pad: [0; 2],
+        };
+    }
+    (t, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> DesiredState {
+        serde_json::from_str(
+            r#"{"underlay_interface":"eth0",
+                "networks":[{"name":"a","vni":5,"subnet":"10.244.1.0/24"}],
+                "remotes":[{"subnet":"10.244.2.0/24","vni":5,"underlay_ip":"100.64.0.2","vtep_mac":"0e:6e:64:40:00:02"},
+                           {"subnet":"10.244.3.0/24","vni":5,"underlay_ip":"100.64.0.2","vtep_mac":"0e:6e:64:40:00:02"}],
+                "endpoints":[{"ip":"10.244.1.2","vni":5,"host_ifname":"nfc1","mac":"0a:6e:0a:f4:01:02"},
+                             {"ip":"10.244.1.3","vni":5,"host_ifname":"gone","mac":"0a:6e:0a:f4:01:03"}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn builds_every_table() {
+        let mac: MacAddr = "aa:bb:cc:dd:ee:ff".parse().unwrap();
+        let links = HashMap::from([("nfc1".to_string(), LinkFacts { ifindex: 7, mac })]);
+        let vx = LinkFacts {
+            ifindex: 3,
+            mac: MacAddr::vtep_for("100.64.0.1".parse().unwrap()),
+        };
+        let (t, skipped) = desired_tables(&state(), &links, Some(vx));
+
+        let ep = t.endpoints[&"10.244.1.2".parse::<Ipv4Addr>().unwrap()];
+        assert_eq!((ep.ifindex, ep.vni, ep.gw_mac), (7, 5, mac.0));
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].contains("gone"));
+
+        assert_eq!(t.remote_subnets.len(), 2);
+        let r = t.remote_subnets[&"10.244.2.0/24".parse().unwrap()];
+        assert_eq!(
+            r.underlay_ip, 0x6440_0002,
+            "host byte order for the tunnel key"
+        );
+        // Two subnets behind one host: one known host.
+        assert_eq!(t.known_hosts.len(), 1);
+        assert_eq!(t.networks.keys().copied().collect::<Vec<_>>(), vec![5]);
+        assert_eq!(t.host_config.vxlan_ifindex, 3);
+    }
+
+    #[test]
+    fn no_vxlan_device_means_not_ready() {
+        let (t, _) = desired_tables(&state(), &HashMap::new(), None);
+        assert_eq!(t.host_config.vxlan_ifindex, 0);
+        assert!(t.endpoints.is_empty());
+    }
+}

@@ -1,0 +1,198 @@
+//! What the lab shows: containers pinging each other across hosts and within
+//! one, and an iperf3 transfer between hosts. Also used by the tests.
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::{say, topology::Topology};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PingStats {
+    pub sent: u32,
+    pub received: u32,
+    pub avg_rtt_ms: f64,
+}
+
+/// Parses iputils ping's summary lines.
+pub fn parse_ping(out: &str) -> Option<PingStats> {
+    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut nums = line.split(',').map(|p| {
+        p.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+    });
+    let sent = nums.next()??;
+    let received = nums.next()??;
+    let avg_rtt_ms = out
+        .lines()
+        .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    Some(PingStats {
+        sent,
+        received,
+        avg_rtt_ms,
+    })
+}
+
+/// Pings `dst` from namespace `ns`. A lossy result is returned, not an error;
+/// callers decide what loss means.
+pub fn ping(ns: &str, dst: &str, count: u32, interval: &str) -> Result<PingStats> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-W",
+            "1",
+            dst,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("running ping")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_ping(&text).with_context(|| format!("unexpected ping output from {ns} to {dst}: {text}"))
+}
+
+/// A running iperf3 server in a namespace, stopped on drop.
+pub struct IperfServer {
+    child: Child,
+}
+
+impl IperfServer {
+    pub fn start(ns: &str, port: u16) -> Result<Self> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "iperf3", "-s", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 server (is iperf3 installed?)")?;
+        Ok(Self { child })
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs an iperf3 TCP client; returns the receiver's throughput in Gbit/s.
+/// Retries the connection for a moment while the server starts listening.
+pub fn iperf3(client_ns: &str, server_ip: &str, port: u16, secs: u32, streams: u32) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                client_ns,
+                "iperf3",
+                "-c",
+                server_ip,
+                "-p",
+                &port.to_string(),
+                "-t",
+                &secs.to_string(),
+                "-P",
+                &streams.to_string(),
+                "-J",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .context("running iperf3 client")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            return Ok(bps / 1e9);
+        }
+        let err = v["error"].as_str().unwrap_or("no JSON result").to_string();
+        if Instant::now() > deadline || !err.contains("connect") {
+            bail!("iperf3 from {client_ns} to {server_ip}: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every container pings every other container; then one iperf3 run between
+/// two hosts. Fails if any ping is lost.
+pub fn run(topo: &Topology, iperf_secs: u32) -> Result<()> {
+    let all = topo.all_containers();
+    let mut failures = Vec::new();
+    let mut rtts = Vec::new();
+    for &(h, c) in &all {
+        for &(h2, c2) in &all {
+            if (h, c) == (h2, c2) {
+                continue;
+            }
+            let dst = topo.container_ip(h2, c2).to_string();
+            let st = ping(&topo.container_ns(h, c), &dst, 3, "0.05")?;
+            if st.received != st.sent {
+                failures.push(format!(
+                    "{} -> {dst}: {}/{}",
+                    topo.container_ns(h, c),
+                    st.received,
+                    st.sent
+                ));
+            }
+            rtts.push(st.avg_rtt_ms);
+        }
+    }
+    let avg = rtts.iter().sum::<f64>() / rtts.len().max(1) as f64;
+    say(format!(
+        "ping matrix: {} pairs, {} with loss, mean RTT {avg:.3} ms",
+        rtts.len(),
+        failures.len()
+    ));
+    if !failures.is_empty() {
+        bail!("pings lost: {}", failures.join(", "));
+    }
+    if topo.hosts >= 2 && iperf_secs > 0 {
+        let server_ns = topo.container_ns(1, 1);
+        let server_ip = topo.container_ip(1, 1).to_string();
+        let _server = IperfServer::start(&server_ns, 5201)?;
+        let gbps = iperf3(&topo.container_ns(2, 1), &server_ip, 5201, iperf_secs, 1)?;
+        say(format!(
+            "iperf3 {} -> {server_ip} (across hosts, eBPF + VXLAN): {gbps:.2} Gbit/s",
+            topo.container_ns(2, 1)
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ping_summary() {
+        let out = "--- 10.244.2.2 ping statistics ---\n\
+                   5 packets transmitted, 4 received, 20% packet loss, time 4005ms\n\
+                   rtt min/avg/max/mdev = 0.041/0.057/0.080/0.014 ms\n";
+        let s = parse_ping(out).unwrap();
+        assert_eq!((s.sent, s.received), (5, 4));
+        assert!((s.avg_rtt_ms - 0.057).abs() < 1e-9);
+    }
+
+    #[test]
+    fn parses_total_loss() {
+        let out = "3 packets transmitted, 0 received, 100% packet loss, time 2041ms\n";
+        let s = parse_ping(out).unwrap();
+        assert_eq!((s.sent, s.received), (3, 0));
+        assert!(s.avg_rtt_ms.is_nan());
+    }
+}

@@ -1,0 +1,211 @@
+//! rtnetlink access for the agent: interfaces, addresses, and the
+//! collect-metadata VXLAN device. One socket per agent (per namespace).
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use anyhow::{bail, Context, Result};
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan};
+
+use crate::{addr::MacAddr, dataplane::ebpf::tables::LinkFacts};
+
+/// Bytes VXLAN adds over IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+pub struct Netlink {
+    handle: Handle,
+}
+
+#[derive(Debug, Clone)]
+pub struct LinkDetail {
+    pub facts: LinkFacts,
+    pub mtu: u32,
+    pub kind: Option<InfoKind>,
+    pub vxlan: Vec<InfoVxlan>,
+}
+
+/// The collect-metadata VXLAN device netfab wants.
+#[derive(Debug, Clone)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub port: u16,
+    pub underlay_ifindex: u32,
+    pub mac: MacAddr,
+    pub mtu: u32,
+}
+
+fn detail(msg: &LinkMessage) -> Option<(String, LinkDetail)> {
+    let mut name = None;
+    let mut mac = MacAddr::default();
+    let mut mtu = 0;
+    let mut kind = None;
+    let mut vxlan = Vec::new();
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::Address(b) if b.len() == 6 => mac.0.copy_from_slice(b),
+            LinkAttribute::Mtu(m) => mtu = *m,
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(k) => kind = Some(k.clone()),
+                        LinkInfo::Data(InfoData::Vxlan(v)) => vxlan = v.clone(),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let facts = LinkFacts {
+        ifindex: msg.header.index,
+        mac,
+    };
+    Some((
+        name?,
+        LinkDetail {
+            facts,
+            mtu,
+            kind,
+            vxlan,
+        },
+    ))
+}
+
+impl Netlink {
+    /// Opens a netlink socket in the current network namespace. Needs a tokio
+    /// runtime.
+    pub fn connect() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink socket")?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn links(&self) -> Result<HashMap<String, LinkDetail>> {
+        let mut out = HashMap::new();
+        let mut s = self.handle.link().get().execute();
+        while let Some(msg) = s.try_next().await.context("listing links")? {
+            if let Some((name, d)) = detail(&msg) {
+                out.insert(name, d);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<LinkDetail>> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match s.try_next().await {
+            Ok(Some(msg)) => Ok(detail(&msg).map(|(_, d)| d)),
+            Ok(None) => Ok(None),
+            // ENODEV: no such interface.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up link {name}")),
+        }
+    }
+
+    pub async fn ipv4_addrs(&self, ifindex: u32) -> Result<Vec<Ipv4Addr>> {
+        let mut out = Vec::new();
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ifindex)
+            .execute();
+        while let Some(msg) = s.try_next().await.context("listing addresses")? {
+            for a in &msg.attributes {
+                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = a {
+                    out.push(*ip);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates the VXLAN device, or adopts an existing one that already has
+    /// the right shape (an agent restart must not disturb it).
+    pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<LinkFacts> {
+        if let Some(d) = self.link(&spec.name).await? {
+            if vxlan_matches(&d, spec) {
+                if d.mtu != spec.mtu || d.facts.mac != spec.mac {
+                    let msg = LinkUnspec::new_with_index(d.facts.ifindex)
+                        .mtu(spec.mtu)
+                        .address(spec.mac.0.to_vec())
+                        .up()
+                        .build();
+                    self.handle
+                        .link()
+                        .set(msg)
+                        .execute()
+                        .await
+                        .context("updating VXLAN device")?;
+                } else {
+                    self.set_up(d.facts.ifindex).await?;
+                }
+                return Ok(LinkFacts {
+                    ifindex: d.facts.ifindex,
+                    mac: spec.mac,
+                });
+            }
+            log::warn!("{} exists with other settings; recreating it", spec.name);
+            self.delete(&spec.name).await?;
+        }
+        let msg = LinkMessageBuilder::<LinkVxlan>::new(&spec.name)
+            .collect_metadata(true)
+            .learning(false)
+            .port(spec.port)
+            .dev(spec.underlay_ifindex)
+            .mtu(spec.mtu)
+            .address(spec.mac.0.to_vec())
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .with_context(|| format!("creating VXLAN device {}", spec.name))?;
+        match self.link(&spec.name).await? {
+            Some(d) => Ok(d.facts),
+            None => bail!("VXLAN device {} vanished right after creation", spec.name),
+        }
+    }
+
+    async fn set_up(&self, ifindex: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(ifindex).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .context("setting link up")
+    }
+
+    /// Deletes a link by name; `false` if it did not exist.
+    pub async fn delete(&self, name: &str) -> Result<bool> {
+        let Some(d) = self.link(name).await? else {
+            return Ok(false);
+        };
+        self.handle
+            .link()
+            .del(d.facts.ifindex)
+            .execute()
+            .await
+            .with_context(|| format!("deleting link {name}"))?;
+        Ok(true)
+    }
+}
+
+fn vxlan_matches(d: &LinkDetail, spec: &VxlanSpec) -> bool {
+    d.kind == Some(InfoKind::Vxlan)
+        && d.vxlan.contains(&InfoVxlan::CollectMetadata(true))
+        && d.vxlan.contains(&InfoVxlan::Port(spec.port))
+        && d.vxlan.contains(&InfoVxlan::Learning(false))
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs everything netfab needs on a fresh Debian 12 machine, idempotently:
+# Debian packages (Debian's rustc-web ships a prebuilt `core` for bpfel, see
+# ../shared/docs/ebpf-toolchain.md), bpf-linker built against LLVM 22, and
+# etcd/iperf3/tcpdump for the lab and the tests. Safe to run again: every step
+# checks first.
+set -euo pipefail
+
+APT_PKGS=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev bpftool
+          iproute2 iputils-ping iperf3 tcpdump etcd-server etcd-client iptables nftables
+          python3 ca-certificates pkg-config)
+BPF_LINKER_VERSION=0.13.0
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+# Debian's etcd-server package enables a system etcd on :2379; netfab runs its
+# own etcd instances, so keep the packaged one from holding the port.
+if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null; then
+  log "no cargo on PATH; using Debian's cargo for user space"
+  export PATH="/usr/bin:$PATH"
+fi
+
+have_linker=$(bpf-linker --version 2>/dev/null || true)
+if [[ $have_linker != *"$BPF_LINKER_VERSION"* ]]; then
+  log "building bpf-linker $BPF_LINKER_VERSION against LLVM 22 (~80 s)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked "bpf-linker@$BPF_LINKER_VERSION" \
+    --no-default-features --features llvm-22 -q
+else
+  log "bpf-linker present: $have_linker"
+fi
+
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+log "done"
