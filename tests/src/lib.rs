@@ -1,1 +1,49 @@
+//! Shared pieces of the privileged integration tests: skipping loudly when
+//! the machine cannot run them, RAII guards for labs, namespaces and
+//! captures, and packet crafting and parsing.
+//!
+//! Every guard removes what it created in `Drop`, so a failing assertion
+//! still leaves the machine clean.
+pub mod frames;
+pub mod guards;
+pub mod pcap;
 
+use std::time::{Duration, Instant};
+
+/// Returns why privileged tests cannot run here, if they cannot.
+pub fn missing_privilege() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root (network namespaces and eBPF need it)".into());
+    }
+    if netfab::dataplane::ebpf::object::locate(None).is_err() {
+        return Some("no eBPF object: run `cargo xtask build-ebpf` first".into());
+    }
+    None
+}
+
+/// Skips the calling test, loudly, when it cannot run on this machine.
+#[macro_export]
+macro_rules! require_privileges {
+    () => {
+        if let Some(why) = $crate::missing_privilege() {
+            eprintln!("SKIPPED {}: {why}", module_path!());
+            return;
+        }
+    };
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -185,8 +185,7 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
         .create(true)
         .append(true)
         .open(dir.join(format!("h{h}.log")))?;
-    let exe = std::env::current_exe().context("finding the netfab binary")?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(netfab_binary()?);
     cmd.arg("agent")
         .args(["--netns", &topo.host_ns(h)])
         .arg("--state-file")
@@ -208,6 +207,25 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
     let pid = child.id();
     std::fs::write(pid_file(&topo.name, h), pid.to_string())?;
     Ok(pid)
+}
+
+/// The agent binary: `NETFAB_BIN`, else this executable when it is netfab,
+/// else a `netfab` next to it or one level up (test binaries live in
+/// target/<profile>/deps).
+pub fn netfab_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("NETFAB_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("finding the running executable")?;
+    if exe.file_name().is_some_and(|n| n == "netfab") {
+        return Ok(exe);
+    }
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("netfab"))
+        .find(|p| p.is_file())
+        .context("no netfab binary found next to this program; set NETFAB_BIN")
 }
 
 fn read_pid(name: &str, h: u32) -> Option<i32> {

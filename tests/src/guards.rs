@@ -1,0 +1,85 @@
+//! RAII guards: a lab, a network namespace, a thread inside a namespace.
+use std::{fs::File, os::fd::AsRawFd, process::Command};
+
+use netfab::{
+    dataplane::ebpf::maps::{BpfMaps, Counters},
+    lab::{self, topology::Topology},
+};
+
+/// A lab built for one test and always torn down after it.
+pub struct LabGuard {
+    pub topo: Topology,
+}
+
+impl LabGuard {
+    pub fn up(name: &str, hosts: u32, containers: u32) -> Self {
+        let topo = Topology::new(name, hosts, containers).expect("valid lab shape");
+        // A previous run that was killed may have left this lab behind.
+        let _ = lab::down(name);
+        lab::up(&topo, None).expect("lab up");
+        Self { topo }
+    }
+
+    pub fn counters(&self, h: u32) -> Counters {
+        BpfMaps::open(&self.topo.pin_dir(h))
+            .and_then(|m| m.counters())
+            .expect("reading counters")
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Err(e) = lab::down(&self.topo.name) {
+            eprintln!("lab down for {}: {e:#}", self.topo.name);
+        }
+    }
+}
+
+/// A network namespace created by a test and deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(name: &str) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        sh(&["netns", "add", name]);
+        Self { name: name.into() }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs `ip ARGS`, panicking with its stderr on failure.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `f` on a fresh thread that has entered network namespace `ns`
+/// (a namespace belongs to a thread, so the test thread stays where it is).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        // SAFETY: valid fd of a network namespace; affects only this thread,
+        // which ends when `f` returns.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("thread in namespace panicked")
+}

@@ -1,0 +1,258 @@
+//! Packet tests: crafted frames through the real programs with
+//! BPF_PROG_TEST_RUN, checking verdicts, rewritten bytes and counters.
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::{
+    programs::{SchedClassifier, TestRunOptions},
+    Ebpf, EbpfLoader, TestRun,
+};
+use netfab::dataplane::ebpf::{
+    maps::{BpfMaps, Counters},
+    object,
+    tables::Tables,
+};
+use netfab_common::{Endpoint, HostConfig, KnownHost, NetworkInfo, RemoteSubnet};
+use netfab_tests::{
+    frames::{checksum, ethernet, ipv4_icmp, ETH_P_ARP, ETH_P_IP},
+    require_privileges,
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+/// Without a context, BPF_PROG_TEST_RUN runs the skb on loopback.
+const LO_IFINDEX: u32 = 1;
+const VNI: u32 = 7;
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// One loaded copy of the datapath with its own maps, removed on drop.
+struct TestDatapath {
+    ebpf: Ebpf,
+    maps: BpfMaps,
+    pin_dir: PathBuf,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl TestDatapath {
+    fn load() -> Self {
+        netfab::dataplane::ebpf::ensure_bpffs().unwrap();
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/netfab-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&pin_dir).unwrap();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .load_file(object::locate(None).unwrap())
+            .expect("loading object");
+        for name in ["from_container", "from_overlay"] {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
+        }
+        let maps = BpfMaps::open(&pin_dir).unwrap();
+        let mut dp = Self {
+            ebpf,
+            maps,
+            pin_dir,
+        };
+        dp.maps.apply(&tables()).unwrap();
+        dp
+    }
+
+    fn run(&mut self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let p: &mut SchedClassifier = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = p.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn counters(&self) -> Counters {
+        self.maps.counters().unwrap()
+    }
+}
+
+impl Drop for TestDatapath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+const A_MAC: [u8; 6] = [0x0a, 0x6e, 10, 0, 0, 2];
+const B_MAC: [u8; 6] = [0x0a, 0x6e, 10, 0, 0, 3];
+const GW_MAC: [u8; 6] = [0xee; 6];
+const VTEP_LOCAL: [u8; 6] = [0x0e, 0x6e, 100, 64, 0, 1];
+const VTEP_REMOTE: [u8; 6] = [0x0e, 0x6e, 100, 64, 0, 2];
+
+/// A (10.0.0.2) sits on the interface the test runs on; B (10.0.0.3) on
+/// ifindex 42; C (10.0.0.4) is in another network; 10.0.1.0/24 is remote.
+fn tables() -> Tables {
+    let mut t = Tables::default();
+    let ep = |ifindex, vni, mac| Endpoint {
+        ifindex,
+        vni,
+        mac,
+        gw_mac: GW_MAC,
+    };
+    t.endpoints
+        .insert(ip("10.0.0.2"), ep(LO_IFINDEX, VNI, A_MAC));
+    t.endpoints.insert(ip("10.0.0.3"), ep(42, VNI, B_MAC));
+    t.endpoints.insert(ip("10.0.0.4"), ep(43, VNI + 1, B_MAC));
+    t.remote_subnets.insert(
+        "10.0.1.0/24".parse().unwrap(),
+        RemoteSubnet {
+            underlay_ip: u32::from(ip("100.64.0.2")),
+            vni: VNI,
+            vtep_mac: VTEP_REMOTE,
+            flags: 0,
+        },
+    );
+    t.known_hosts.insert(ip("100.64.0.2"), KnownHost::default());
+    t.networks.insert(VNI, NetworkInfo::default());
+    t.host_config = HostConfig {
+        vxlan_ifindex: 44,
+        vxlan_mac: VTEP_LOCAL,
+        _pad: [0; 2],
+    };
+    t
+}
+
+fn icmp_frame(src: &str, dst: &str, ttl: u8) -> Vec<u8> {
+    ethernet(GW_MAC, A_MAC, ETH_P_IP, &ipv4_icmp(ip(src), ip(dst), ttl))
+}
+
+fn delta(
+    before: &Counters,
+    after: &Counters,
+) -> (Vec<(&'static str, u64)>, Vec<(&'static str, u64)>) {
+    let t = after
+        .traffic
+        .iter()
+        .map(|(k, v)| (*k, v.packets - before.traffic[k].packets))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    let d = after
+        .drops
+        .iter()
+        .map(|(k, v)| (*k, v - before.drops[k]))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    (t, d)
+}
+
+#[test]
+fn local_delivery_rewrites_macs_and_ttl() {
+    require_privileges!();
+    let mut dp = TestDatapath::load();
+    let before = dp.counters();
+    let (verdict, out) = dp.run("from_container", &icmp_frame("10.0.0.2", "10.0.0.3", 64));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..6], &B_MAC, "destination MAC is the container's");
+    assert_eq!(&out[6..12], &GW_MAC, "source MAC is the gateway's");
+    assert_eq!(out[14 + 8], 63, "TTL decremented");
+    assert_eq!(
+        checksum(&out[14..34]),
+        0,
+        "IPv4 header checksum still valid"
+    );
+    let (traffic, drops) = delta(&before, &dp.counters());
+    assert_eq!(traffic, vec![("local_delivery", 1)]);
+    assert!(drops.is_empty(), "{drops:?}");
+}
+
+#[test]
+fn remote_destination_is_encapsulated_towards_its_host() {
+    require_privileges!();
+    let mut dp = TestDatapath::load();
+    let before = dp.counters();
+    let (verdict, out) = dp.run("from_container", &icmp_frame("10.0.0.2", "10.0.1.9", 64));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        &out[0..6],
+        &VTEP_REMOTE,
+        "inner destination MAC is the remote VTEP"
+    );
+    assert_eq!(&out[6..12], &VTEP_LOCAL, "inner source MAC is our VTEP");
+    assert_eq!(checksum(&out[14..34]), 0);
+    let (traffic, _) = delta(&before, &dp.counters());
+    assert_eq!(traffic, vec![("to_overlay", 1)]);
+}
+
+#[test]
+fn non_ipv4_and_unknown_destinations_go_to_the_stack() {
+    require_privileges!();
+    let mut dp = TestDatapath::load();
+    let before = dp.counters();
+    let arp = ethernet([0xff; 6], A_MAC, ETH_P_ARP, &[0u8; 28]);
+    let (verdict, out) = dp.run("from_container", &arp);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, arp, "passed through untouched");
+    // TEST-NET-1: only ever an in-memory frame here.
+    let (verdict, _) = dp.run("from_container", &icmp_frame("10.0.0.2", "192.0.2.1", 64));
+    assert_eq!(verdict, TC_ACT_OK);
+    let (traffic, drops) = delta(&before, &dp.counters());
+    assert_eq!(traffic, vec![("to_stack", 2)]);
+    assert!(drops.is_empty(), "{drops:?}");
+}
+
+#[test]
+fn malformed_and_unauthorised_packets_are_dropped_with_their_reason() {
+    require_privileges!();
+    let mut dp = TestDatapath::load();
+    let mut bad_ihl = icmp_frame("10.0.0.2", "10.0.0.3", 64);
+    bad_ihl[14] = 0x44;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        // (A cut-short IPv4 header is refused by BPF_PROG_TEST_RUN itself on
+        // this kernel; tests/datapath.rs sends one through a real veth.)
+        ("bad_ip_header", bad_ihl, "from_container"),
+        // Source not assigned to anyone.
+        (
+            "spoofed_source",
+            icmp_frame("10.0.0.99", "10.0.0.3", 64),
+            "from_container",
+        ),
+        // Source is B's address, but B's veth is not where this arrived.
+        (
+            "spoofed_source",
+            icmp_frame("10.0.0.3", "10.0.0.2", 64),
+            "from_container",
+        ),
+        (
+            "ttl_exceeded",
+            icmp_frame("10.0.0.2", "10.0.0.3", 1),
+            "from_container",
+        ),
+        (
+            "network_mismatch",
+            icmp_frame("10.0.0.2", "10.0.0.4", 64),
+            "from_container",
+        ),
+        // A frame at the overlay device without tunnel metadata.
+        (
+            "no_tunnel_key",
+            icmp_frame("10.0.1.9", "10.0.0.2", 64),
+            "from_overlay",
+        ),
+    ];
+    for (reason, frame, prog) in cases {
+        let before = dp.counters();
+        let (verdict, _) = dp.run(prog, &frame);
+        assert_eq!(verdict, TC_ACT_SHOT, "{reason}: verdict");
+        let (traffic, drops) = delta(&before, &dp.counters());
+        assert_eq!(drops, vec![(reason, 1)], "{reason}: drop counters");
+        assert!(traffic.is_empty(), "{reason}: {traffic:?}");
+    }
+}
