@@ -42,7 +42,10 @@ pub struct NetNs {
 
 impl NetNs {
     pub fn new(name: &str) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
         sh(&["netns", "add", name]);
         Self { name: name.into() }
     }

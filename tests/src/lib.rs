@@ -4,9 +4,11 @@
 //!
 //! Every guard removes what it created in `Drop`, so a failing assertion
 //! still leaves the machine clean.
+pub mod capture;
 pub mod frames;
 pub mod guards;
 pub mod pcap;
+pub mod sockets;
 
 use std::time::{Duration, Instant};
 

@@ -279,7 +279,8 @@ fn reap(pid: i32) {
 }
 
 /// Waits until every agent has filled its maps with every local container and
-/// every remote host.
+/// every remote host, and has attached (and pinned) its programs to every
+/// container veth and the VXLAN device.
 pub fn wait_programmed(topo: &Topology, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     for h in topo.all_hosts() {
@@ -291,7 +292,10 @@ pub fn wait_programmed(topo: &Topology, timeout: Duration) -> Result<()> {
                         && t.remote_subnets.len() == (topo.hosts - 1) as usize
                         && t.host_config.vxlan_ifindex != 0
                 })
-                .unwrap_or(false);
+                .unwrap_or(false)
+                && std::fs::read_dir(topo.pin_dir(h).join("links"))
+                    .map(|d| d.count() == topo.containers as usize + 1)
+                    .unwrap_or(false);
             if ready {
                 break;
             }
