@@ -1,6 +1,7 @@
 //! The container side: traffic entering the fabric from a container veth.
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, maps::lpm_trie::Key,
-    programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, maps::lpm_trie::Key, programs::TcContext,
+};
 use netfab_common::{Direction, DropReason, Endpoint};
 
 use crate::{

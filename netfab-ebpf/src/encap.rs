@@ -61,7 +61,9 @@ pub fn to_overlay(
     }
     count(Direction::ToOverlay, ctx.len());
     // SAFETY: plain helper call with scalar arguments.
-    Ok(Verdict::Action(unsafe { bpf_redirect(cfg.vxlan_ifindex, 0) } as i32))
+    Ok(Verdict::Action(
+        unsafe { bpf_redirect(cfg.vxlan_ifindex, 0) } as i32,
+    ))
 }
 
 pub fn try_from_overlay(ctx: &TcContext) -> Result<Verdict, Verdict> {
@@ -69,12 +71,7 @@ pub fn try_from_overlay(ctx: &TcContext) -> Result<Verdict, Verdict> {
     let mut key: bpf_tunnel_key = unsafe { zeroed() };
     // SAFETY: the key is on the stack and the size passed is its size.
     let rc = unsafe {
-        bpf_skb_get_tunnel_key(
-            ctx.skb.skb,
-            &mut key,
-            size_of::<bpf_tunnel_key>() as u32,
-            0,
-        )
+        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
     };
     if rc != 0 {
         return Err(drop_with(DropReason::NoTunnelKey));

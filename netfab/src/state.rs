@@ -197,7 +197,8 @@ mod tests {
 
     #[test]
     fn rejects_inconsistent_state() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut DesiredState)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut DesiredState)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "overlap",
                 Box::new(|s| s.remotes[0].subnet = "10.244.1.128/25".parse().unwrap()),

@@ -134,10 +134,10 @@ fn icmp_frame(src: &str, dst: &str, ttl: u8) -> Vec<u8> {
     ethernet(GW_MAC, A_MAC, ETH_P_IP, &ipv4_icmp(ip(src), ip(dst), ttl))
 }
 
-fn delta(
-    before: &Counters,
-    after: &Counters,
-) -> (Vec<(&'static str, u64)>, Vec<(&'static str, u64)>) {
+/// Counters that moved, by name: (traffic packets, drops).
+type Moved = Vec<(&'static str, u64)>;
+
+fn delta(before: &Counters, after: &Counters) -> (Moved, Moved) {
     let t = after
         .traffic
         .iter()
