@@ -105,6 +105,20 @@ enum LabCmd {
         #[arg(long, default_value_t = 5)]
         iperf_secs: u32,
     },
+    /// Compare netfab's eBPF path with kernel VXLAN and the raw underlay, in
+    /// one run on a fresh lab (built and removed by this command).
+    Bench {
+        #[command(flatten)]
+        shape: LabShape,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        secs: u32,
+        /// Repetitions per path (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        #[arg(long, default_value = "lab-out")]
+        out: PathBuf,
+    },
     /// Stop one host's agent and start it again.
     RestartAgent {
         #[command(flatten)]
@@ -197,6 +211,18 @@ fn run_lab(cmd: LabCmd) -> Result<()> {
             let topo = Topology::new(&shape.name.name, shape.hosts, shape.containers)?;
             let result = lab::up(&topo, shape.bpf_object.as_deref())
                 .and_then(|()| lab::demo::run(&topo, iperf_secs));
+            let down = lab::down(&topo.name);
+            result.and(down)
+        }
+        LabCmd::Bench {
+            shape,
+            secs,
+            reps,
+            out,
+        } => {
+            let topo = Topology::new(&shape.name.name, shape.hosts.max(2), shape.containers)?;
+            let result = lab::up(&topo, shape.bpf_object.as_deref())
+                .and_then(|()| lab::bench::run(&topo, secs, reps, &out).map(|_| ()));
             let down = lab::down(&topo.name);
             result.and(down)
         }

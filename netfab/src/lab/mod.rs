@@ -2,6 +2,8 @@
 //! namespace, N host namespaces each running an agent, M container namespaces
 //! per host. `down` removes all of it, also after a crash half-way through
 //! `up` (it finds the pieces by their names).
+pub mod anchor;
+pub mod bench;
 pub mod demo;
 pub mod sh;
 pub mod topology;
@@ -59,6 +61,10 @@ pub fn up(topo: &Topology, bpf_object: Option<&Path>) -> Result<()> {
 
 fn build(topo: &Topology, bpf_object: Option<&Path>) -> Result<()> {
     let dir = state_dir(&topo.name);
+    // Logs of an earlier lab with this name would mix with this one's.
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(
         dir.join("topology.json"),

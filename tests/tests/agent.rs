@@ -1,0 +1,101 @@
+//! The agent's promises: bad input loses nothing, drift is repaired by the
+//! periodic resync, and `netfab cleanup` removes what the dataplane made.
+use std::{net::Ipv4Addr, process::Command, time::Duration};
+
+use aya::{
+    maps::{HashMap, Map, MapData},
+    programs::{SchedClassifier, TcAttachType},
+};
+use netfab::lab::{self, demo::ping};
+use netfab_common::{maps::ENDPOINTS, Endpoint};
+use netfab_tests::{
+    guards::{in_netns, LabGuard},
+    require_privileges, wait_for,
+};
+
+fn endpoint_count(lab: &LabGuard, h: u32) -> usize {
+    netfab::dataplane::ebpf::maps::BpfMaps::open(&lab.topo.pin_dir(h))
+        .and_then(|m| m.read())
+        .map(|t| t.endpoints.len())
+        .unwrap_or(0)
+}
+
+#[test]
+fn malformed_state_file_is_reported_and_the_last_good_state_kept() {
+    require_privileges!();
+    let lab = LabGuard::up("badstate", 2, 1);
+    let t = &lab.topo;
+    let dir = lab::state_dir(&t.name);
+    std::fs::write(dir.join("h1.json"), "{ this is not json").unwrap();
+    let log = wait_for(
+        "the agent to report the bad file",
+        Duration::from_secs(10),
+        || {
+            let log = std::fs::read_to_string(dir.join("h1.log")).unwrap();
+            log.contains("is not valid").then_some(log)
+        },
+    );
+    assert!(log.contains("h1.json"), "the error names the file:\n{log}");
+    assert!(log.contains("keeping the previous state"), "{log}");
+    let st = ping(
+        &t.container_ns(2, 1),
+        &t.container_ip(1, 1).to_string(),
+        3,
+        "0.05",
+    )
+    .unwrap();
+    assert_eq!(st.received, 3, "traffic still flows");
+    assert_eq!(endpoint_count(&lab, 1), 1, "nothing was removed");
+}
+
+#[test]
+fn an_endpoint_deleted_by_hand_is_restored_by_resync() {
+    require_privileges!();
+    let lab = LabGuard::up("drift", 1, 2);
+    let t = &lab.topo;
+    let map = MapData::from_pin(t.pin_dir(1).join(ENDPOINTS)).unwrap();
+    let mut eps: HashMap<MapData, u32, Endpoint> = Map::HashMap(map).try_into().unwrap();
+    let victim: Ipv4Addr = t.container_ip(1, 2);
+    eps.remove(&u32::from_ne_bytes(victim.octets())).unwrap();
+    assert_eq!(endpoint_count(&lab, 1), 1);
+    // The agent resyncs every 10 s by default.
+    wait_for(
+        "the resync to restore the entry",
+        Duration::from_secs(15),
+        || (endpoint_count(&lab, 1) == 2).then_some(()),
+    );
+    let st = ping(&t.container_ns(1, 1), &victim.to_string(), 3, "0.05").unwrap();
+    assert_eq!(st.received, 3);
+}
+
+#[test]
+fn cleanup_removes_links_pins_and_the_vxlan_device() {
+    require_privileges!();
+    let lab = LabGuard::up("clean", 1, 1);
+    let t = lab.topo.clone();
+    lab::stop_agent(&t.name, 1, false).unwrap();
+    let bin = lab::netfab_binary().unwrap();
+    let pin = t.pin_dir(1);
+    let out = Command::new(bin)
+        .args(["cleanup", "--netns", &t.host_ns(1), "--pin-dir"])
+        .arg(&pin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pin.exists(), "pins removed");
+    let host = t.host_ns(1);
+    let (vxlan_gone, progs) = in_netns(&host, || {
+        let vxlan_gone = Command::new("ip")
+            .args(["link", "show", "nf-vxlan"])
+            .output()
+            .unwrap();
+        let (_, progs) = SchedClassifier::query_tcx("nfc1", TcAttachType::Ingress).unwrap();
+        (!vxlan_gone.status.success(), progs.len())
+    });
+    assert!(vxlan_gone, "VXLAN device deleted");
+    assert_eq!(progs, 0, "no program left on the container veth");
+}
