@@ -34,31 +34,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn measure(e: &Endpoints, secs: u32, reps: u32) -> Result<(f64, f64, f64)> {
+#[derive(Default)]
+struct Samples {
+    one: Vec<f64>,
+    four: Vec<f64>,
+    rtt: Vec<f64>,
+}
+
+/// One repetition on one path: 1-stream and 4-stream iperf3, then 200 pings.
+fn measure_once(e: &Endpoints, secs: u32, s: &mut Samples) -> Result<()> {
     let _server = IperfServer::start(&e.server_ns, 5202)?;
-    let mut one = Vec::new();
-    let mut four = Vec::new();
-    let mut rtt = Vec::new();
-    for r in 1..=reps {
-        one.push(iperf3(&e.client_ns, &e.server_ip, 5202, secs, 1)?);
-        four.push(iperf3(&e.client_ns, &e.server_ip, 5202, secs, 4)?);
-        let p = ping(&e.client_ns, &e.server_ip, 200, "0.005")?;
-        anyhow::ensure!(
-            p.received == p.sent,
-            "{}: lost {} pings",
-            e.name,
-            p.sent - p.received
-        );
-        rtt.push(p.avg_rtt_ms);
-        say(format!(
-            "{:<12} rep {r}/{reps}: 1 stream {:.2} Gbit/s, 4 streams {:.2} Gbit/s, RTT {:.3} ms",
-            e.name,
-            one.last().unwrap(),
-            four.last().unwrap(),
-            rtt.last().unwrap()
-        ));
-    }
-    Ok((median(one), median(four), median(rtt)))
+    s.one
+        .push(iperf3(&e.client_ns, &e.server_ip, 5202, secs, 1)?);
+    s.four
+        .push(iperf3(&e.client_ns, &e.server_ip, 5202, secs, 4)?);
+    let p = ping(&e.client_ns, &e.server_ip, 200, "0.005")?;
+    anyhow::ensure!(
+        p.received == p.sent,
+        "{}: lost {} pings",
+        e.name,
+        p.sent - p.received
+    );
+    s.rtt.push(p.avg_rtt_ms);
+    Ok(())
 }
 
 /// Runs the comparison on lab `topo` (which must be up, with 2+ hosts) and
@@ -86,17 +84,32 @@ pub fn run(topo: &Topology, secs: u32, reps: u32, out_dir: &Path) -> Result<Vec<
             server_ip: anchor::ip(1).to_string(),
         },
     ];
-    let mut results: Vec<PathResult> = Vec::new();
-    for e in &paths {
-        let (g1, g4, rtt) = measure(e, secs, reps)?;
-        results.push(PathResult {
-            path: e.name.into(),
-            gbps_1_stream: g1,
-            gbps_4_streams: g4,
-            rtt_ms: rtt,
-            ratio_to_raw: 0.0,
-        });
+    // Repetitions are interleaved across paths so that slow drift of the
+    // machine (other load, thermal) spreads over all paths alike.
+    let mut samples: Vec<Samples> = paths.iter().map(|_| Samples::default()).collect();
+    for r in 1..=reps {
+        for (e, s) in paths.iter().zip(samples.iter_mut()) {
+            measure_once(e, secs, s)?;
+            say(format!(
+                "{:<12} rep {r}/{reps}: 1 stream {:.2} Gbit/s, 4 streams {:.2} Gbit/s, RTT {:.3} ms",
+                e.name,
+                s.one.last().unwrap(),
+                s.four.last().unwrap(),
+                s.rtt.last().unwrap()
+            ));
+        }
     }
+    let mut results: Vec<PathResult> = paths
+        .iter()
+        .zip(samples)
+        .map(|(e, s)| PathResult {
+            path: e.name.into(),
+            gbps_1_stream: median(s.one),
+            gbps_4_streams: median(s.four),
+            rtt_ms: median(s.rtt),
+            ratio_to_raw: 0.0,
+        })
+        .collect();
     let raw = results[0].gbps_1_stream;
     for r in &mut results {
         r.ratio_to_raw = r.gbps_1_stream / raw;
@@ -110,11 +123,15 @@ pub fn run(topo: &Topology, secs: u32, reps: u32, out_dir: &Path) -> Result<Vec<
 }
 
 pub fn table(results: &[PathResult]) -> String {
-    let mut s = String::from("| path | 1 stream Gbit/s | 4 streams Gbit/s | ping RTT ms | 1-stream ratio to raw |\n|---|---|---|---|---|\n");
+    let mut s = String::from("| path | 1 stream Gbit/s | 4 streams Gbit/s | ping RTT µs | 1-stream ratio to raw |\n|---|---|---|---|---|\n");
     for r in results {
         s += &format!(
-            "| {} | {:.2} | {:.2} | {:.3} | {:.2} |\n",
-            r.path, r.gbps_1_stream, r.gbps_4_streams, r.rtt_ms, r.ratio_to_raw
+            "| {} | {:.2} | {:.2} | {:.0} | {:.2} |\n",
+            r.path,
+            r.gbps_1_stream,
+            r.gbps_4_streams,
+            r.rtt_ms * 1000.0,
+            r.ratio_to_raw
         );
     }
     s
