@@ -16,10 +16,15 @@
 //! - [`lab`]: a simulated cluster in network namespaces.
 pub mod addr;
 pub mod agent;
+pub mod control;
 pub mod dataplane;
+pub mod endpoints;
 pub mod lab;
+pub mod lease;
 pub mod netlink;
+pub mod network;
 pub mod netns;
 pub mod reconcile;
 pub mod state;
 pub mod stats;
+pub mod store;

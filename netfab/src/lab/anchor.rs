@@ -19,11 +19,11 @@ pub fn ns(topo: &Topology, h: u32) -> String {
 }
 
 pub fn ip(h: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 245, h as u8, 2)
+    Ipv4Addr::new(10, 250, h as u8, 2)
 }
 
 fn vtep_ip(h: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 245, h as u8, 0)
+    Ipv4Addr::new(10, 250, h as u8, 0)
 }
 
 fn vtep_mac(topo: &Topology, h: u32) -> MacAddr {
@@ -84,7 +84,7 @@ pub fn build(topo: &Topology) -> Result<()> {
         )?;
         ip_in(
             &host,
-            &["addr", "add", &format!("10.245.{h}.1/24"), "dev", "kvh"],
+            &["addr", "add", &format!("10.250.{h}.1/24"), "dev", "kvh"],
         )?;
         ip_in(&host, &["link", "set", "kvh", "mtu", "1450", "up"])?;
         ip_in(
@@ -94,7 +94,7 @@ pub fn build(topo: &Topology) -> Result<()> {
         ip_in(&k, &["link", "set", "eth0", "mtu", "1450", "up"])?;
         ip_in(
             &k,
-            &["route", "add", "default", "via", &format!("10.245.{h}.1")],
+            &["route", "add", "default", "via", &format!("10.250.{h}.1")],
         )?;
         for o in topo.all_hosts().filter(|&o| o != h) {
             let mac = vtep_mac(topo, o).to_string();
@@ -118,7 +118,7 @@ pub fn build(topo: &Topology) -> Result<()> {
                 &[
                     "route",
                     "add",
-                    &format!("10.245.{o}.0/24"),
+                    &format!("10.250.{o}.0/24"),
                     "via",
                     &vip,
                     "dev",

@@ -1,25 +1,30 @@
 //! A simulated cluster on one machine: an underlay bridge in its own network
-//! namespace, N host namespaces each running an agent, M container namespaces
-//! per host. `down` removes all of it, also after a crash half-way through
-//! `up` (it finds the pieces by their names).
+//! namespace, a real etcd server in another (etcd mode), N host namespaces
+//! each running an agent, M container namespaces per host. `down` removes
+//! all of it, also after a crash half-way through `up` (it finds the pieces
+//! by their names and PID files).
 pub mod anchor;
 pub mod bench;
 pub mod demo;
+pub mod procs;
 pub mod sh;
 pub mod topology;
+pub mod wiring;
 
 use std::{
-    fs::OpenOptions,
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-use self::{sh::ip_in, topology::Topology};
-use crate::dataplane::ebpf::{maps::BpfMaps, DEFAULT_PIN_ROOT};
+pub use self::procs::netfab_binary;
+use self::topology::{Control, HostSubnet, Topology};
+use crate::{
+    control::LeaseFile,
+    dataplane::ebpf::{maps::BpfMaps, DEFAULT_PIN_ROOT},
+};
 
 pub const STATE_ROOT: &str = "/run/netfab-lab";
 
@@ -39,19 +44,14 @@ pub fn load(name: &str) -> Result<Topology> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
 }
 
-pub fn up(topo: &Topology, bpf_object: Option<&Path>) -> Result<()> {
+/// Builds the lab; returns the topology with every host's subnets filled in.
+pub fn up(topo: &Topology, bpf_object: Option<&Path>) -> Result<Topology> {
     if sh::netns_list()?.contains(&topo.underlay_ns()) {
-        bail!(
-            "lab `{}` already exists; run `netfab lab down --name {}` first",
-            topo.name,
-            topo.name
-        );
+        bail!("lab `{}` already exists; run `netfab lab down --name {}` first", topo.name, topo.name);
     }
-    let result = build(topo, bpf_object);
+    let result = build(topo.clone(), bpf_object);
     if let Err(e) = &result {
-        say(format!(
-            "setting up failed ({e:#}); tearing down what was built"
-        ));
+        say(format!("setting up failed ({e:#}); tearing down what was built"));
         if let Err(e2) = down(&topo.name) {
             say(format!("teardown after failure also failed: {e2:#}"));
         }
@@ -59,282 +59,206 @@ pub fn up(topo: &Topology, bpf_object: Option<&Path>) -> Result<()> {
     result
 }
 
-fn build(topo: &Topology, bpf_object: Option<&Path>) -> Result<()> {
+fn build(mut topo: Topology, bpf_object: Option<&Path>) -> Result<Topology> {
     let dir = state_dir(&topo.name);
     // Logs of an earlier lab with this name would mix with this one's.
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(
-        dir.join("topology.json"),
-        serde_json::to_string_pretty(topo)?,
-    )?;
+    topo.save(&dir.join("topology.json"))?;
 
-    let ul = topo.underlay_ns();
-    say(format!("underlay {ul}: bridge br0, 100.64.0.0/24"));
-    sh::ip(&["netns", "add", &ul])?;
-    ip_in(&ul, &["link", "set", "lo", "up"])?;
-    ip_in(&ul, &["link", "add", "br0", "type", "bridge"])?;
-    ip_in(&ul, &["link", "set", "br0", "up"])?;
-
-    for h in topo.all_hosts() {
-        build_host(topo, h)?;
-        for c in 1..=topo.containers {
-            build_container(topo, h, c)?;
+    say(format!("underlay {}: bridge br0, 100.64.0.0/24", topo.underlay_ns()));
+    wiring::underlay(&topo)?;
+    if topo.control == Control::Etcd {
+        say(format!("etcd in {} at {}", topo.etcd_ns(), topo.etcd_url()));
+        wiring::etcd_host(&topo)?;
+        procs::start_etcd(&topo)?;
+        for n in 1..=topo.networks {
+            let c = topo.network_config(n);
+            let args = [
+                "network", "create", &c.name, "--cidr", &c.cidr.to_string(), "--subnet-len", "24",
+                "--vni", &c.vni.to_string(),
+            ];
+            // etcd takes a moment to start serving.
+            retry(Duration::from_secs(15), || netfab_cli(&topo, &args))?;
         }
     }
     for h in topo.all_hosts() {
-        let state = dir.join(format!("h{h}.json"));
-        std::fs::write(&state, serde_json::to_string_pretty(&topo.state(h))?)?;
-        start_agent(topo, h, bpf_object)?;
+        say(format!("host {}: eth0 {}", topo.host_ns(h), topo.host_ip(h)));
+        wiring::host(&topo, h)?;
     }
-    wait_programmed(topo, Duration::from_secs(30))?;
-    say(format!(
-        "up: {} hosts x {} containers; state in {}",
-        topo.hosts,
-        topo.containers,
-        dir.display()
-    ));
-    Ok(())
-}
-
-fn build_host(topo: &Topology, h: u32) -> Result<()> {
-    let ns = topo.host_ns(h);
-    let ul = topo.underlay_ns();
-    let port = format!("h{h}");
-    let ip = format!("{}/24", topo.host_ip(h));
-    say(format!(
-        "host {ns}: eth0 {ip}, subnet {}",
-        topo.host_subnet(h)
-    ));
-    sh::ip(&["netns", "add", &ns])?;
-    ip_in(&ns, &["link", "set", "lo", "up"])?;
-    ip_in(
-        &ul,
-        &[
-            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ],
-    )?;
-    ip_in(&ul, &["link", "set", &port, "master", "br0", "up"])?;
-    ip_in(&ns, &["addr", "add", &ip, "dev", "eth0"])?;
-    ip_in(
-        &ns,
-        &[
-            "link",
-            "set",
-            "eth0",
-            "mtu",
-            &topology::UNDERLAY_MTU.to_string(),
-            "up",
-        ],
-    )?;
-    Ok(())
-}
-
-fn build_container(topo: &Topology, h: u32, c: u32) -> Result<()> {
-    let host = topo.host_ns(h);
-    let ns = topo.container_ns(h, c);
-    let veth = topo.host_veth(c);
-    let ip = topo.container_ip(h, c);
-    let gw = topo.gateway(h).to_string();
-    let mtu = topology::CONTAINER_MTU.to_string();
-    let gw_mac = topology::GATEWAY_MAC.to_string();
-    let mac = crate::addr::MacAddr::container_for(ip).to_string();
-    sh::ip(&["netns", "add", &ns])?;
-    ip_in(&ns, &["link", "set", "lo", "up"])?;
-    ip_in(
-        &host,
-        &[
-            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ],
-    )?;
-    ip_in(
-        &host,
-        &["link", "set", &veth, "address", &gw_mac, "mtu", &mtu, "up"],
-    )?;
-    ip_in(
-        &ns,
-        &["link", "set", "eth0", "address", &mac, "mtu", &mtu, "up"],
-    )?;
-    // No on-link prefix route: every destination, same subnet included, goes
-    // through the gateway, i.e. through the eBPF program on the host veth.
-    let cidr = format!("{ip}/{}", topo.host_subnet(h).prefix_len());
-    ip_in(&ns, &["addr", "add", &cidr, "dev", "eth0", "noprefixroute"])?;
-    ip_in(&ns, &["route", "add", &gw, "dev", "eth0", "scope", "link"])?;
-    ip_in(&ns, &["route", "add", "default", "via", &gw, "dev", "eth0"])?;
-    ip_in(
-        &ns,
-        &[
-            "neigh",
-            "add",
-            &gw,
-            "lladdr",
-            &gw_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ],
-    )?;
-    Ok(())
-}
-
-fn pid_file(name: &str, h: u32) -> PathBuf {
-    state_dir(name).join(format!("h{h}.pid"))
-}
-
-/// Starts host `h`'s agent in the background, detached from this process.
-pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result<u32> {
-    let dir = state_dir(&topo.name);
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("h{h}.log")))?;
-    let mut cmd = Command::new(netfab_binary()?);
-    cmd.arg("agent")
-        .args(["--netns", &topo.host_ns(h)])
-        .arg("--state-file")
-        .arg(dir.join(format!("h{h}.json")))
-        .arg("--pin-dir")
-        .arg(topo.pin_dir(h));
-    if let Some(o) = bpf_object {
-        cmd.arg("--bpf-object").arg(o);
+    match topo.control {
+        Control::Static => {
+            for h in topo.all_hosts() {
+                for c in 1..=topo.containers {
+                    wiring::container(&topo, h, c)?;
+                }
+                let state = serde_json::to_string_pretty(&topo.state(h))?;
+                std::fs::write(dir.join(format!("h{h}.json")), state)?;
+                procs::start_agent(&topo, h, bpf_object)?;
+            }
+        }
+        Control::Etcd => {
+            for h in topo.all_hosts() {
+                procs::start_agent(&topo, h, bpf_object)?;
+            }
+            topo.subnets = wait_leases(&topo, Duration::from_secs(30))?;
+            topo.save(&dir.join("topology.json"))?;
+            for h in topo.all_hosts() {
+                for c in 1..=topo.containers {
+                    wiring::container(&topo, h, c)?;
+                }
+                write_endpoints(&topo, h)?;
+            }
+        }
     }
-    cmd.env(
-        "RUST_LOG",
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-    )
-    .stdin(Stdio::null())
-    .stdout(log.try_clone()?)
-    .stderr(log)
-    .process_group(0);
-    let child = cmd.spawn().context("starting agent")?;
-    let pid = child.id();
-    std::fs::write(pid_file(&topo.name, h), pid.to_string())?;
-    Ok(pid)
-}
-
-/// The agent binary: `NETFAB_BIN`, else this executable when it is netfab,
-/// else a `netfab` next to it or one level up (test binaries live in
-/// target/<profile>/deps).
-pub fn netfab_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("NETFAB_BIN") {
-        return Ok(PathBuf::from(p));
+    wait_programmed(&topo, Duration::from_secs(30))?;
+    for s in &topo.subnets {
+        say(format!("host {} network {}: {}", s.host, topo.network_name(s.network), s.subnet));
     }
-    let exe = std::env::current_exe().context("finding the running executable")?;
-    if exe.file_name().is_some_and(|n| n == "netfab") {
-        return Ok(exe);
-    }
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("netfab"))
-        .find(|p| p.is_file())
-        .context("no netfab binary found next to this program; set NETFAB_BIN")
+    say(format!("up: {} hosts x {} containers; state in {}", topo.hosts, topo.containers, dir.display()));
+    Ok(topo)
 }
 
-fn read_pid(name: &str, h: u32) -> Option<i32> {
-    std::fs::read_to_string(pid_file(name, h))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
-/// Stops host `h`'s agent (the PID this lab recorded, nothing else).
-/// `hard` = SIGKILL at once, as a crash would.
-pub fn stop_agent(name: &str, h: u32, hard: bool) -> Result<()> {
-    let Some(pid) = read_pid(name, h) else {
-        return Ok(());
-    };
-    if !alive(pid) {
-        let _ = std::fs::remove_file(pid_file(name, h));
-        return Ok(());
-    }
-    let sig = if hard { libc::SIGKILL } else { libc::SIGTERM };
-    // SAFETY: plain signal delivery to a PID this lab started.
-    unsafe { libc::kill(pid, sig) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < deadline {
-        reap(pid);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if alive(pid) {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        std::thread::sleep(Duration::from_millis(50));
-        reap(pid);
-    }
-    let _ = std::fs::remove_file(pid_file(name, h));
-    Ok(())
-}
-
-/// Collects the exit status if the agent is our child (it is when the same
-/// process started it, as in tests), so it does not linger as a zombie.
-fn reap(pid: i32) {
-    let mut status = 0;
-    // SAFETY: non-blocking waitpid on a specific PID; harmless if it is not
-    // our child.
-    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-}
-
-/// Waits until every agent has filled its maps with every local container and
-/// every remote host, and has attached (and pinned) its programs to every
-/// container veth and the VXLAN device.
-pub fn wait_programmed(topo: &Topology, timeout: Duration) -> Result<()> {
+fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Runs the netfab CLI against the lab's etcd (from inside etcd's namespace).
+pub fn netfab_cli(topo: &Topology, args: &[&str]) -> Result<String> {
+    let out = Command::new(netfab_binary()?)
+        .args(args)
+        .args(["--netns", &topo.etcd_ns(), "--etcd-endpoints", "http://127.0.0.1:2379"])
+        .output()
+        .context("running netfab")?;
+    if !out.status.success() {
+        bail!("netfab {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs etcdctl against the lab's etcd.
+pub fn etcdctl(topo: &Topology, args: &[&str]) -> Result<String> {
+    let mut a = vec!["etcdctl", "--endpoints", "http://127.0.0.1:2379"];
+    a.extend_from_slice(args);
+    sh::in_ns(&topo.etcd_ns(), a[0], &a[1..])
+}
+
+pub fn write_endpoints(topo: &Topology, h: u32) -> Result<()> {
+    let path = state_dir(&topo.name).join(format!("h{h}.endpoints.json"));
+    crate::endpoints::write_atomic(&path, &serde_json::to_string_pretty(&topo.endpoints(h))?)
+}
+
+pub fn read_leases(topo: &Topology, h: u32) -> Option<LeaseFile> {
+    let p = state_dir(&topo.name).join(format!("h{h}.leases.json"));
+    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+}
+
+/// Waits until every agent has leased a subnet in every network.
+fn wait_leases(topo: &Topology, timeout: Duration) -> Result<Vec<HostSubnet>> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
     for h in topo.all_hosts() {
         loop {
-            let ready = BpfMaps::open(&topo.pin_dir(h))
-                .and_then(|m| m.read())
-                .map(|t| {
-                    t.endpoints.len() == topo.containers as usize
-                        && t.remote_subnets.len() == (topo.hosts - 1) as usize
-                        && t.host_config.vxlan_ifindex != 0
-                })
-                .unwrap_or(false)
-                && std::fs::read_dir(topo.pin_dir(h).join("links"))
-                    .map(|d| d.count() == topo.containers as usize + 1)
-                    .unwrap_or(false);
-            if ready {
-                break;
+            if let Some(lf) = read_leases(topo, h) {
+                let found: Vec<HostSubnet> = (1..=topo.networks)
+                    .filter_map(|n| {
+                        lf.subnets.get(&topo.network_name(n)).map(|s| HostSubnet { host: h, network: n, subnet: *s })
+                    })
+                    .collect();
+                if found.len() == topo.networks as usize {
+                    out.extend(found);
+                    break;
+                }
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(state_dir(&topo.name).join(format!("h{h}.log")))
-                    .unwrap_or_default();
-                bail!("agent of host {h} did not program its maps within {timeout:?}; its log:\n{log}");
+                bail!("host {h} did not lease its subnets within {timeout:?}; its log:\n{}", agent_log(topo, h));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    Ok(out)
+}
+
+pub fn agent_log(topo: &Topology, h: u32) -> String {
+    std::fs::read_to_string(state_dir(&topo.name).join(format!("h{h}.log"))).unwrap_or_default()
+}
+
+/// Starts host `h`'s agent again after `stop_agent`.
+pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result<u32> {
+    procs::start_agent(topo, h, bpf_object)
+}
+
+/// Stops host `h`'s agent (the PID this lab recorded, nothing else).
+pub fn stop_agent(name: &str, h: u32, hard: bool) -> Result<()> {
+    procs::stop(name, &procs::agent_name(h), hard)
+}
+
+pub fn stop_etcd(topo: &Topology) -> Result<()> {
+    procs::stop(&topo.name, "etcd", false)
+}
+
+pub fn start_etcd(topo: &Topology) -> Result<u32> {
+    procs::start_etcd(topo)
+}
+
+/// Waits until agent `h` has filled its maps with every local container and
+/// every remote subnet and attached its programs to every container veth and
+/// the VXLAN device.
+pub fn wait_host_programmed(topo: &Topology, h: u32, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let remotes = ((topo.hosts - 1) * topo.networks) as usize;
+    loop {
+        let ready = BpfMaps::open(&topo.pin_dir(h))
+            .and_then(|m| m.read())
+            .map(|t| {
+                t.endpoints.len() == topo.containers as usize
+                    && t.remote_subnets.len() == remotes
+                    && t.host_config.vxlan_ifindex != 0
+            })
+            .unwrap_or(false)
+            && std::fs::read_dir(topo.pin_dir(h).join("links"))
+                .map(|d| d.count() == topo.containers as usize + 1)
+                .unwrap_or(false);
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("agent of host {h} did not program its dataplane within {timeout:?}; its log:\n{}", agent_log(topo, h));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn wait_programmed(topo: &Topology, timeout: Duration) -> Result<()> {
+    for h in topo.all_hosts() {
+        wait_host_programmed(topo, h, timeout)?;
+    }
     Ok(())
 }
 
-/// Removes the lab `name`: agents, namespaces, pins, state. Works from names
-/// alone, so it also cleans up after a crashed `up`. Reports every failure.
+/// Removes the lab `name`: processes, namespaces, pins, state. Works from
+/// names alone, so it also cleans up after a crashed `up`. Reports every
+/// failure and keeps going.
 pub fn down(name: &str) -> Result<()> {
     let mut errors = Vec::new();
     let prefix = format!("{name}-");
-    let dir = state_dir(name);
-    for h in 1..=250 {
-        if !pid_file(name, h).exists() {
-            continue;
-        }
-        if let Err(e) = stop_agent(name, h, false) {
-            errors.push(format!("stopping agent {h}: {e:#}"));
+    for p in procs::recorded(name) {
+        if let Err(e) = procs::stop(name, &p, false) {
+            errors.push(format!("stopping {p}: {e:#}"));
         }
     }
     // Containers first, then hosts, then the underlay.
-    let mut namespaces: Vec<String> = sh::netns_list()?
-        .into_iter()
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
+    let mut namespaces: Vec<String> =
+        sh::netns_list()?.into_iter().filter(|n| n.starts_with(&prefix)).collect();
     namespaces.sort_by_key(|n| std::cmp::Reverse(n.len()));
     for ns in &namespaces {
         if let Err(e) = sh::ip(&["netns", "del", ns]) {
@@ -350,19 +274,24 @@ pub fn down(name: &str) -> Result<()> {
             }
         }
     }
+    let dir = state_dir(name);
     if dir.exists() {
-        // Keep agent logs for post-mortems; the rest goes.
+        // Keep logs for post-mortems; the rest (etcd data included) goes.
         for e in std::fs::read_dir(&dir)?.flatten() {
-            let keep = e.path().extension().is_some_and(|x| x == "log");
-            if !keep {
-                let _ = std::fs::remove_file(e.path());
+            if e.path().extension().is_some_and(|x| x == "log") {
+                continue;
+            }
+            let r = if e.path().is_dir() {
+                std::fs::remove_dir_all(e.path())
+            } else {
+                std::fs::remove_file(e.path())
+            };
+            if let Err(err) = r {
+                errors.push(format!("removing {}: {err}", e.path().display()));
             }
         }
     }
-    say(format!(
-        "down: removed {} namespaces of lab `{name}`",
-        namespaces.len()
-    ));
+    say(format!("down: removed {} namespaces of lab `{name}`", namespaces.len()));
     if errors.is_empty() {
         Ok(())
     } else {

@@ -1,58 +1,115 @@
-//! The lab's names and addresses, as pure functions of (lab name, host,
-//! container). Hosts and containers count from 1.
+//! The lab's names and addresses. Hosts, containers and networks count
+//! from 1.
 //!
 //!   underlay   100.64.0.0/24 on bridge br0 in namespace <name>-ul
-//!   host h     namespace <name>-h<h>, eth0 = 100.64.0.<h>, subnet 10.244.<h>.0/24
-//!   container  namespace <name>-h<h>-c<c>, eth0 = 10.244.<h>.<c+1>, gateway .1
+//!   etcd       namespace <name>-etcd, 100.64.0.254 (etcd mode)
+//!   host h     namespace <name>-h<h>, eth0 = 100.64.0.<h>
+//!   network n  "default" (n = 1) or "net<n>", CIDR 10.<243+n>.0.0/16, VNI n
+//!   container  namespace <name>-h<h>-c<c>, in network ((c-1) mod N) + 1,
+//!              address from the host's subnet of that network (.1 is the
+//!              gateway, containers from .2)
+//!
+//! Host subnets are leased from etcd in etcd mode (and recorded here once
+//! known); in static mode host h gets 10.<243+n>.<h>.0/24.
 use std::{net::Ipv4Addr, path::PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     addr::MacAddr,
     dataplane::ebpf::DEFAULT_PIN_ROOT,
+    endpoints::LocalEndpoint,
+    network::{DataplanePref, NetworkConfig},
     state::{
         DesiredState, EndpointSpec, Network, RemoteHostSubnet, DEFAULT_VXLAN_DEVICE,
         DEFAULT_VXLAN_PORT,
     },
 };
 
-pub const VNI: u32 = 1;
 /// Every host-side veth gets this MAC (as Calico does): containers then need
 /// one static neighbour entry for their gateway, whatever host they are on.
 pub const GATEWAY_MAC: MacAddr = MacAddr([0xee, 0xee, 0xee, 0xee, 0xee, 0xee]);
 pub const UNDERLAY_MTU: u32 = 1500;
 pub const CONTAINER_MTU: u32 = UNDERLAY_MTU - crate::netlink::VXLAN_OVERHEAD;
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 254);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Control {
+    /// Subnets leased from a real etcd server started by the lab.
+    Etcd,
+    /// Each agent gets a fixed state file (etcd-less mode).
+    Static,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSubnet {
+    pub host: u32,
+    pub network: u32,
+    pub subnet: Ipv4Net,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topology {
     pub name: String,
     pub hosts: u32,
     pub containers: u32,
+    pub networks: u32,
+    pub control: Control,
+    pub lease_ttl: u32,
+    /// Known host subnets (all of them once the lab is up).
+    pub subnets: Vec<HostSubnet>,
 }
 
 impl Topology {
     pub fn new(name: &str, hosts: u32, containers: u32) -> Result<Self> {
+        Self::with(name, hosts, containers, 1, Control::Etcd)
+    }
+
+    pub fn with(name: &str, hosts: u32, containers: u32, networks: u32, control: Control) -> Result<Self> {
         if name.is_empty()
-            || name.len() > 12
+            || name.len() > 10
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         {
-            bail!("lab name `{name}` must be 1-12 characters of letters, digits and '-'");
+            bail!("lab name `{name}` must be 1-10 characters of letters, digits and '-'");
         }
-        if !(1..=250).contains(&hosts) || !(1..=250).contains(&containers) {
-            bail!("hosts and containers per host must each be between 1 and 250");
+        if !(1..=200).contains(&hosts) || !(1..=200).contains(&containers) {
+            bail!("hosts and containers per host must each be between 1 and 200");
         }
-        Ok(Self {
+        if !(1..=8).contains(&networks) {
+            bail!("networks must be between 1 and 8");
+        }
+        let mut t = Self {
             name: name.into(),
             hosts,
             containers,
-        })
+            networks,
+            control,
+            lease_ttl: 10,
+            subnets: Vec::new(),
+        };
+        if control == Control::Static {
+            for h in 1..=hosts {
+                for n in 1..=networks {
+                    let o = t.network_cidr(n).network().octets();
+                    let subnet = Ipv4Net::new(Ipv4Addr::new(o[0], o[1], h as u8, 0), 24)?;
+                    t.subnets.push(HostSubnet { host: h, network: n, subnet });
+                }
+            }
+        }
+        Ok(t)
     }
 
     pub fn underlay_ns(&self) -> String {
         format!("{}-ul", self.name)
+    }
+    pub fn etcd_ns(&self) -> String {
+        format!("{}-etcd", self.name)
+    }
+    pub fn etcd_url(&self) -> String {
+        format!("http://{ETCD_IP}:2379")
     }
     pub fn host_ns(&self, h: u32) -> String {
         format!("{}-h{h}", self.name)
@@ -62,15 +119,6 @@ impl Topology {
     }
     pub fn host_ip(&self, h: u32) -> Ipv4Addr {
         Ipv4Addr::new(100, 64, 0, h as u8)
-    }
-    pub fn host_subnet(&self, h: u32) -> Ipv4Net {
-        Ipv4Net::new(Ipv4Addr::new(10, 244, h as u8, 0), 24).expect("24 is a valid prefix")
-    }
-    pub fn gateway(&self, h: u32) -> Ipv4Addr {
-        Ipv4Addr::new(10, 244, h as u8, 1)
-    }
-    pub fn container_ip(&self, h: u32, c: u32) -> Ipv4Addr {
-        Ipv4Addr::new(10, 244, h as u8, (c + 1) as u8)
     }
     pub fn host_veth(&self, c: u32) -> String {
         format!("nfc{c}")
@@ -87,37 +135,101 @@ impl Topology {
             .collect()
     }
 
-    /// The desired state of host `h`'s dataplane.
+    pub fn network_name(&self, n: u32) -> String {
+        if n == 1 { "default".into() } else { format!("net{n}") }
+    }
+    pub fn network_cidr(&self, n: u32) -> Ipv4Net {
+        Ipv4Net::new(Ipv4Addr::new(10, (243 + n) as u8, 0, 0), 16).expect("valid prefix")
+    }
+    pub fn network_config(&self, n: u32) -> NetworkConfig {
+        NetworkConfig {
+            name: self.network_name(n),
+            cidr: self.network_cidr(n),
+            subnet_len: 24,
+            vni: n,
+            port: DEFAULT_VXLAN_PORT,
+            dataplane: DataplanePref::Auto,
+        }
+    }
+    /// The network container `c` belongs to.
+    pub fn container_network(&self, c: u32) -> u32 {
+        (c - 1) % self.networks + 1
+    }
+
+    pub fn subnet(&self, h: u32, n: u32) -> Option<Ipv4Net> {
+        self.subnets.iter().find(|s| s.host == h && s.network == n).map(|s| s.subnet)
+    }
+    fn subnet_or_panic(&self, h: u32, n: u32) -> Ipv4Net {
+        self.subnet(h, n)
+            .unwrap_or_else(|| panic!("host {h} has no subnet in network {n} (lab not up?)"))
+    }
+    pub fn gateway(&self, h: u32, n: u32) -> Ipv4Addr {
+        offset(self.subnet_or_panic(h, n), 1)
+    }
+    pub fn container_ip(&self, h: u32, c: u32) -> Ipv4Addr {
+        let n = self.container_network(c);
+        offset(self.subnet_or_panic(h, n), (c - 1) / self.networks + 2)
+    }
+
+    /// Host `h`'s local containers, as the agent reads them in etcd mode.
+    pub fn endpoints(&self, h: u32) -> Vec<LocalEndpoint> {
+        (1..=self.containers)
+            .map(|c| LocalEndpoint {
+                ip: self.container_ip(h, c),
+                network: self.network_name(self.container_network(c)),
+                host_ifname: self.host_veth(c),
+                mac: MacAddr::container_for(self.container_ip(h, c)),
+            })
+            .collect()
+    }
+
+    /// The desired state of host `h`'s dataplane in static mode.
     pub fn state(&self, h: u32) -> DesiredState {
+        let nets = 1..=self.networks;
         DesiredState {
             underlay_interface: "eth0".into(),
             vxlan_port: DEFAULT_VXLAN_PORT,
             vxlan_device: DEFAULT_VXLAN_DEVICE.into(),
-            networks: vec![Network {
-                name: "default".into(),
-                vni: VNI,
-                subnet: self.host_subnet(h),
-            }],
+            networks: nets
+                .clone()
+                .map(|n| Network { name: self.network_name(n), vni: n, subnet: self.subnet_or_panic(h, n) })
+                .collect(),
             remotes: self
                 .all_hosts()
                 .filter(|&o| o != h)
-                .map(|o| RemoteHostSubnet {
-                    subnet: self.host_subnet(o),
-                    vni: VNI,
+                .flat_map(|o| nets.clone().map(move |n| (o, n)))
+                .map(|(o, n)| RemoteHostSubnet {
+                    subnet: self.subnet_or_panic(o, n),
+                    vni: n,
                     underlay_ip: self.host_ip(o),
                     vtep_mac: MacAddr::vtep_for(self.host_ip(o)),
                 })
                 .collect(),
-            endpoints: (1..=self.containers)
-                .map(|c| EndpointSpec {
-                    ip: self.container_ip(h, c),
-                    vni: VNI,
-                    host_ifname: self.host_veth(c),
-                    mac: MacAddr::container_for(self.container_ip(h, c)),
+            endpoints: self
+                .endpoints(h)
+                .into_iter()
+                .map(|e| EndpointSpec {
+                    ip: e.ip,
+                    vni: self.network_config(self.container_network_by_name(&e.network)).vni,
+                    host_ifname: e.host_ifname,
+                    mac: e.mac,
                 })
                 .collect(),
         }
     }
+
+    fn container_network_by_name(&self, name: &str) -> u32 {
+        (1..=self.networks).find(|&n| self.network_name(n) == name).unwrap_or(1)
+    }
+
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        std::fs::write(path, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn offset(net: Ipv4Net, i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()) + i)
 }
 
 #[cfg(test)]
@@ -126,30 +238,43 @@ mod tests {
 
     #[test]
     fn names_and_addresses() {
-        let t = Topology::new("lab", 3, 2).unwrap();
+        let t = Topology::with("lab", 3, 4, 2, Control::Static).unwrap();
         assert_eq!(t.host_ns(2), "lab-h2");
         assert_eq!(t.container_ns(2, 1), "lab-h2-c1");
-        assert_eq!(t.container_ip(3, 2).to_string(), "10.244.3.3");
-        assert!(t.host_subnet(3).contains(&t.container_ip(3, 2)));
-        assert_eq!(t.all_containers().len(), 6);
+        assert_eq!(t.container_network(3), 1);
+        assert_eq!(t.container_network(4), 2);
+        assert_eq!(t.container_ip(3, 1).to_string(), "10.244.3.2");
+        assert_eq!(t.container_ip(3, 3).to_string(), "10.244.3.3");
+        assert_eq!(t.container_ip(3, 2).to_string(), "10.245.3.2");
+        assert_eq!(t.gateway(3, 2).to_string(), "10.245.3.1");
+        assert_eq!(t.all_containers().len(), 12);
     }
 
     #[test]
-    fn every_state_is_valid_and_sees_all_other_hosts() {
-        let t = Topology::new("lab", 3, 2).unwrap();
+    fn every_static_state_is_valid_and_sees_all_other_hosts() {
+        let t = Topology::with("lab", 3, 2, 2, Control::Static).unwrap();
         for h in t.all_hosts() {
             let s = t.state(h);
             s.validate().unwrap();
-            assert_eq!(s.remotes.len(), 2);
+            assert_eq!(s.remotes.len(), 4);
             assert!(s.remotes.iter().all(|r| r.underlay_ip != t.host_ip(h)));
+            assert_eq!(s.endpoints[1].vni, 2);
         }
+    }
+
+    #[test]
+    fn etcd_mode_knows_no_subnets_until_leased() {
+        let t = Topology::new("lab", 2, 1).unwrap();
+        assert_eq!(t.subnet(1, 1), None);
+        assert!(t.network_config(1).validate().is_ok());
     }
 
     #[test]
     fn rejects_bad_parameters() {
         assert!(Topology::new("bad name", 2, 2).is_err());
-        assert!(Topology::new("much-too-long-name", 2, 2).is_err());
+        assert!(Topology::new("much-too-long", 2, 2).is_err());
         assert!(Topology::new("ok", 0, 2).is_err());
-        assert!(Topology::new("ok", 2, 251).is_err());
+        assert!(Topology::new("ok", 2, 201).is_err());
+        assert!(Topology::with("ok", 2, 2, 9, Control::Etcd).is_err());
     }
 }

@@ -1,0 +1,125 @@
+//! `netfab lab ...`: the simulated cluster.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use netfab::lab::{
+    self,
+    topology::{Control, Topology},
+};
+
+#[derive(Args, Clone)]
+pub struct LabName {
+    #[arg(long, default_value = "nf")]
+    name: String,
+}
+
+#[derive(Args)]
+pub struct LabShape {
+    #[command(flatten)]
+    name: LabName,
+    #[arg(long, default_value_t = 2)]
+    hosts: u32,
+    #[arg(long, default_value_t = 2)]
+    containers: u32,
+    /// Networks (each with its own CIDR and VNI); containers alternate.
+    #[arg(long, default_value_t = 1)]
+    networks: u32,
+    #[arg(long, value_enum, default_value_t = Control::Etcd)]
+    control: Control,
+    /// Lease TTL in seconds (etcd mode).
+    #[arg(long, default_value_t = 10)]
+    lease_ttl: u32,
+    #[arg(long, env = "NETFAB_BPF_OBJECT")]
+    bpf_object: Option<PathBuf>,
+}
+
+impl LabShape {
+    fn topology(&self, min_hosts: u32) -> Result<Topology> {
+        let mut t = Topology::with(
+            &self.name.name,
+            self.hosts.max(min_hosts),
+            self.containers,
+            self.networks,
+            self.control,
+        )?;
+        t.lease_ttl = self.lease_ttl.max(2);
+        Ok(t)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum LabCmd {
+    /// Build the namespaces, start etcd and one agent per host, wire containers.
+    Up(LabShape),
+    /// Remove the lab, always (agents, etcd, namespaces, pins).
+    Down(LabName),
+    /// Ping between all containers and run iperf3 across hosts.
+    Demo {
+        #[command(flatten)]
+        name: LabName,
+        #[arg(long, default_value_t = 5)]
+        iperf_secs: u32,
+    },
+    /// up, demo, down: the main job.
+    Run {
+        #[command(flatten)]
+        shape: LabShape,
+        #[arg(long, default_value_t = 5)]
+        iperf_secs: u32,
+    },
+    /// Compare netfab's eBPF path with kernel VXLAN and the raw underlay, in
+    /// one run on a fresh lab (built and removed by this command).
+    Bench {
+        #[command(flatten)]
+        shape: LabShape,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        secs: u32,
+        /// Repetitions per path (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        #[arg(long, default_value = "lab-out")]
+        out: PathBuf,
+    },
+    /// Stop one host's agent and start it again.
+    RestartAgent {
+        #[command(flatten)]
+        name: LabName,
+        #[arg(long)]
+        host: u32,
+        /// SIGKILL instead of SIGTERM.
+        #[arg(long)]
+        hard: bool,
+        #[arg(long, env = "NETFAB_BPF_OBJECT")]
+        bpf_object: Option<PathBuf>,
+    },
+}
+
+pub fn run(cmd: LabCmd) -> Result<()> {
+    match cmd {
+        LabCmd::Up(s) => lab::up(&s.topology(1)?, s.bpf_object.as_deref()).map(|_| ()),
+        LabCmd::Down(n) => lab::down(&n.name),
+        LabCmd::Demo { name, iperf_secs } => lab::demo::run(&lab::load(&name.name)?, iperf_secs),
+        LabCmd::Run { shape, iperf_secs } => {
+            let topo = shape.topology(1)?;
+            let result = lab::up(&topo, shape.bpf_object.as_deref())
+                .and_then(|t| lab::demo::run(&t, iperf_secs));
+            let down = lab::down(&topo.name);
+            result.and(down)
+        }
+        LabCmd::Bench { shape, secs, reps, out } => {
+            let topo = shape.topology(2)?;
+            let result = lab::up(&topo, shape.bpf_object.as_deref())
+                .and_then(|t| lab::bench::run(&t, secs, reps, &out).map(|_| ()));
+            let down = lab::down(&topo.name);
+            result.and(down)
+        }
+        LabCmd::RestartAgent { name, host, hard, bpf_object } => {
+            let topo = lab::load(&name.name)?;
+            lab::stop_agent(&topo.name, host, hard)?;
+            lab::start_agent(&topo, host, bpf_object.as_deref())?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! From the cluster view (etcd snapshot), this host's leases and its local
+//! containers to the desired state of its dataplane. Pure; everything that
+//! cannot be programmed is skipped with a reason instead of failing the rest.
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::Ipv4Net;
+
+use crate::{
+    endpoints::LocalEndpoint,
+    state::{DesiredState, EndpointSpec, Network, RemoteHostSubnet, DEFAULT_VXLAN_DEVICE},
+    store::Snapshot,
+};
+
+pub fn desired_state(
+    snap: &Snapshot,
+    held: &BTreeMap<String, Ipv4Net>,
+    endpoints: &[LocalEndpoint],
+    underlay_interface: &str,
+    node: &str,
+) -> (DesiredState, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut state = DesiredState {
+        underlay_interface: underlay_interface.into(),
+        vxlan_port: crate::state::DEFAULT_VXLAN_PORT,
+        vxlan_device: DEFAULT_VXLAN_DEVICE.into(),
+        networks: Vec::new(),
+        remotes: Vec::new(),
+        endpoints: Vec::new(),
+    };
+    let mut port = None;
+    for (name, subnet) in held {
+        let Some(cfg) = snap.networks.get(name) else { continue };
+        // One collect-metadata VXLAN device serves one UDP port.
+        match port {
+            None => port = Some(cfg.port),
+            Some(p) if p != cfg.port => {
+                warnings.push(format!(
+                    "network {name} uses UDP port {} but this host's VXLAN device uses {p}; not served",
+                    cfg.port
+                ));
+                continue;
+            }
+            _ => {}
+        }
+        state.networks.push(Network { name: name.clone(), vni: cfg.vni, subnet: *subnet });
+        for (sn, lease) in snap.leases.get(name).into_iter().flatten() {
+            if lease.node == node || sn == subnet {
+                continue;
+            }
+            state.remotes.push(RemoteHostSubnet {
+                subnet: *sn,
+                vni: cfg.vni,
+                underlay_ip: lease.underlay_ip,
+                vtep_mac: lease.vtep_mac,
+            });
+        }
+    }
+    state.vxlan_port = port.unwrap_or(state.vxlan_port);
+    let mut seen = BTreeSet::new();
+    for e in endpoints {
+        let Some(net) = state.networks.iter().find(|n| n.name == e.network) else {
+            warnings.push(format!("endpoint {}: this host holds no subnet in network {}", e.ip, e.network));
+            continue;
+        };
+        if !net.subnet.contains(&e.ip) {
+            warnings.push(format!("endpoint {}: outside this host's subnet {} of {}", e.ip, net.subnet, e.network));
+            continue;
+        }
+        if !seen.insert(e.ip) {
+            warnings.push(format!("endpoint {}: listed twice", e.ip));
+            continue;
+        }
+        state.endpoints.push(EndpointSpec {
+            ip: e.ip,
+            vni: net.vni,
+            host_ifname: e.host_ifname.clone(),
+            mac: e.mac,
+        });
+    }
+    (state, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Keys;
+
+    fn snap() -> Snapshot {
+        let k = Keys::new("/netfab");
+        let lease = |node: &str, ip: &str| {
+            format!(r#"{{"node":"{node}","underlay_ip":"{ip}","vtep_mac":"0e:6e:00:00:00:01","dataplane":"ebpf","agent_version":"t"}}"#)
+        };
+        let l1 = lease("h1", "100.64.0.1");
+        let l2 = lease("h2", "100.64.0.2");
+        let kvs: Vec<(String, Vec<u8>)> = vec![
+            ("/netfab/networks/a/config".into(), br#"{"name":"a","cidr":"10.244.0.0/16","subnet_len":24,"vni":1}"#.to_vec()),
+            ("/netfab/networks/b/config".into(), br#"{"name":"b","cidr":"10.245.0.0/16","subnet_len":24,"vni":2}"#.to_vec()),
+            ("/netfab/networks/c/config".into(), br#"{"name":"c","cidr":"10.246.0.0/16","subnet_len":24,"vni":3,"port":9999}"#.to_vec()),
+            ("/netfab/networks/a/leases/10.244.1.0-24".into(), l1.clone().into_bytes()),
+            ("/netfab/networks/a/leases/10.244.2.0-24".into(), l2.clone().into_bytes()),
+            ("/netfab/networks/b/leases/10.245.7.0-24".into(), l2.into_bytes()),
+        ];
+        Snapshot::from_kvs(&k, kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())), 1).0
+    }
+
+    fn ep(ip: &str, net: &str) -> LocalEndpoint {
+        LocalEndpoint { ip: ip.parse().unwrap(), network: net.into(), host_ifname: "nfc1".into(), mac: Default::default() }
+    }
+
+    #[test]
+    fn remotes_are_other_hosts_leases_per_network() {
+        let held = BTreeMap::from([
+            ("a".to_string(), "10.244.1.0/24".parse().unwrap()),
+            ("b".to_string(), "10.245.1.0/24".parse().unwrap()),
+        ]);
+        let (s, warnings) = desired_state(&snap(), &held, &[ep("10.244.1.2", "a")], "eth0", "h1");
+        s.validate().unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let remotes: Vec<(String, u32)> = s.remotes.iter().map(|r| (r.subnet.to_string(), r.vni)).collect();
+        assert_eq!(remotes, vec![("10.244.2.0/24".into(), 1), ("10.245.7.0/24".into(), 2)]);
+        assert_eq!(s.endpoints[0].vni, 1);
+    }
+
+    #[test]
+    fn unusable_items_are_skipped_with_a_reason() {
+        let held = BTreeMap::from([
+            ("a".to_string(), "10.244.1.0/24".parse().unwrap()),
+            ("c".to_string(), "10.246.1.0/24".parse().unwrap()),
+        ]);
+        let eps = [ep("10.244.9.9", "a"), ep("10.245.1.2", "b"), ep("10.244.1.2", "a"), ep("10.244.1.2", "a")];
+        let (s, w) = desired_state(&snap(), &held, &eps, "eth0", "h1");
+        s.validate().unwrap();
+        assert_eq!(s.networks.len(), 1, "network c needs another UDP port");
+        assert_eq!(s.endpoints.len(), 1);
+        assert_eq!(w.len(), 4, "{w:?}");
+    }
+}

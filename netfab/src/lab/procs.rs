@@ -1,0 +1,161 @@
+//! Processes the lab starts (agents, etcd): started detached with a PID file
+//! each, and stopped by that PID only.
+use std::{
+    fs::OpenOptions,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use super::{state_dir, topology::{Control, Topology}};
+
+pub fn pid_file(lab: &str, proc_name: &str) -> PathBuf {
+    state_dir(lab).join(format!("{proc_name}.pid"))
+}
+
+/// The agent binary: `NETFAB_BIN`, else this executable when it is netfab,
+/// else a `netfab` next to it or one level up (test binaries live in
+/// target/<profile>/deps).
+pub fn netfab_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("NETFAB_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("finding the running executable")?;
+    if exe.file_name().is_some_and(|n| n == "netfab") {
+        return Ok(exe);
+    }
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("netfab"))
+        .find(|p| p.is_file())
+        .context("no netfab binary found next to this program; set NETFAB_BIN")
+}
+
+/// Starts `cmd` detached, logging to `<proc_name>.log`, and records its PID.
+fn spawn(lab: &str, proc_name: &str, mut cmd: Command) -> Result<u32> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state_dir(lab).join(format!("{proc_name}.log")))?;
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let child = cmd.spawn().with_context(|| format!("starting {proc_name}"))?;
+    let pid = child.id();
+    std::fs::write(pid_file(lab, proc_name), pid.to_string())?;
+    Ok(pid)
+}
+
+pub fn agent_name(h: u32) -> String {
+    format!("h{h}")
+}
+
+/// Starts host `h`'s agent in the background, in the host's namespace.
+pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result<u32> {
+    let dir = state_dir(&topo.name);
+    let mut cmd = Command::new(netfab_binary()?);
+    cmd.arg("agent")
+        .args(["--netns", &topo.host_ns(h)])
+        .arg("--pin-dir")
+        .arg(topo.pin_dir(h))
+        .args(["--resync-secs", "5"]);
+    match topo.control {
+        Control::Static => {
+            cmd.arg("--state-file").arg(dir.join(format!("h{h}.json")));
+        }
+        Control::Etcd => {
+            cmd.args(["--etcd-endpoints", &topo.etcd_url()])
+                .args(["--lease-ttl", &topo.lease_ttl.to_string()])
+                .arg("--endpoints-file")
+                .arg(dir.join(format!("h{h}.endpoints.json")))
+                .arg("--lease-file")
+                .arg(dir.join(format!("h{h}.leases.json")));
+        }
+    }
+    if let Some(o) = bpf_object {
+        cmd.arg("--bpf-object").arg(o);
+    }
+    cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+    spawn(&topo.name, &agent_name(h), cmd)
+}
+
+pub fn start_etcd(topo: &Topology) -> Result<u32> {
+    let data = state_dir(&topo.name).join("etcd-data");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &topo.etcd_ns(), "etcd", "--name", "lab"])
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "--listen-client-urls",
+            &format!("{},http://127.0.0.1:2379", topo.etcd_url()),
+            "--advertise-client-urls",
+            &topo.etcd_url(),
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "lab=http://127.0.0.1:2380",
+            "--log-level",
+            "warn",
+        ]);
+    spawn(&topo.name, "etcd", cmd)
+}
+
+fn read_pid(lab: &str, proc_name: &str) -> Option<i32> {
+    std::fs::read_to_string(pid_file(lab, proc_name)).ok()?.trim().parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Collects the exit status if the process is our child (it is when the
+/// same process started it, as in tests), so it does not linger as a zombie.
+fn reap(pid: i32) {
+    let mut status = 0;
+    // SAFETY: non-blocking waitpid on one PID; harmless if not our child.
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+}
+
+/// Stops a process this lab started, by its recorded PID. `hard` = SIGKILL
+/// at once, as a crash would.
+pub fn stop(lab: &str, proc_name: &str, hard: bool) -> Result<()> {
+    let Some(pid) = read_pid(lab, proc_name) else { return Ok(()) };
+    reap(pid);
+    if alive(pid) {
+        let sig = if hard { libc::SIGKILL } else { libc::SIGTERM };
+        // SAFETY: plain signal delivery to a PID this lab started.
+        unsafe { libc::kill(pid, sig) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) && Instant::now() < deadline {
+            reap(pid);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(pid) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            std::thread::sleep(Duration::from_millis(50));
+            reap(pid);
+        }
+    }
+    let _ = std::fs::remove_file(pid_file(lab, proc_name));
+    Ok(())
+}
+
+/// Names of the processes with a PID file in the lab's state directory.
+pub fn recorded(lab: &str) -> Vec<String> {
+    std::fs::read_dir(state_dir(lab))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".pid").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,240 @@
+//! etcd access: connection (optionally TLS), network CRUD with validation,
+//! listing into a [`Snapshot`], and the lease transactions of
+//! [`crate::lease`]'s protocol. Every call carries a deadline, so a host cut
+//! off from etcd sees errors within seconds instead of hanging.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{anyhow, bail, Context, Result};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use ipnet::Ipv4Net;
+use log::warn;
+
+use super::{snapshot::BadEntry, Keys, Snapshot};
+use crate::{
+    lease::{candidates, SubnetLease},
+    network::NetworkConfig,
+};
+
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// CA certificate, client certificate and key (PEM) for TLS.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Deadline for each request.
+    pub timeout: Duration,
+}
+
+pub struct EtcdStore {
+    client: Client,
+    pub keys: Keys,
+    timeout: Duration,
+}
+
+async fn deadline<T>(
+    what: &str,
+    d: Duration,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(d, f).await {
+        Ok(r) => r.with_context(|| format!("etcd {what}")),
+        Err(_) => bail!("etcd {what}: no answer within {d:?}"),
+    }
+}
+
+impl EtcdStore {
+    pub async fn connect(cfg: &EtcdConfig) -> Result<Self> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(cfg.timeout)
+            .with_timeout(cfg.timeout)
+            // HTTP/2 pings find a dead connection (say, a firewall dropping
+            // packets) within seconds; watches would otherwise hang forever.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        if let Some(ca) = &cfg.ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading CA {}", ca.display()))?;
+            let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(pem));
+            match (&cfg.cert, &cfg.key) {
+                (Some(c), Some(k)) => {
+                    let cert = std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
+                    let key = std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
+                    tls = tls.identity(Identity::from_pem(cert, key));
+                }
+                (None, None) => {}
+                _ => bail!("TLS client authentication needs both --etcd-cert and --etcd-key"),
+            }
+            opts = opts.with_tls(tls);
+        }
+        let client = deadline(
+            "connect",
+            cfg.timeout,
+            Client::connect(cfg.endpoints.clone(), Some(opts)),
+        )
+        .await
+        .with_context(|| format!("connecting to etcd at {}", cfg.endpoints.join(",")))?;
+        Ok(Self { client, keys: Keys::new(&cfg.prefix), timeout: cfg.timeout })
+    }
+
+    /// Everything under the prefix, parsed; bad entries are returned, not fatal.
+    pub async fn snapshot(&mut self) -> Result<(Snapshot, Vec<BadEntry>)> {
+        let root = self.keys.root();
+        let resp = deadline(
+            "list",
+            self.timeout,
+            self.client.get(root, Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let kvs: Vec<(String, Vec<u8>)> = resp
+            .kvs()
+            .iter()
+            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec()))
+            .collect();
+        Ok(Snapshot::from_kvs(
+            &self.keys,
+            kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            rev,
+        ))
+    }
+
+    /// Validates against the existing networks, then creates the config only
+    /// if no network of that name exists (atomically).
+    pub async fn create_network(&mut self, cfg: &NetworkConfig) -> Result<()> {
+        let (snap, _) = self.snapshot().await?;
+        let existing: Vec<NetworkConfig> = snap.networks.values().cloned().collect();
+        cfg.validate_against(&existing)?;
+        let key = self.keys.config(&cfg.name);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, serde_json::to_vec(cfg)?, None)]);
+        let r = deadline("create network", self.timeout, self.client.txn(txn)).await?;
+        if !r.succeeded() {
+            bail!("a network named {} already exists", cfg.name);
+        }
+        Ok(())
+    }
+
+    /// Deletes a network that no host holds a lease in.
+    pub async fn delete_network(&mut self, name: &str) -> Result<()> {
+        let (snap, _) = self.snapshot().await?;
+        if !snap.networks.contains_key(name) {
+            bail!("no network named {name}");
+        }
+        if let Some(l) = snap.leases.get(name).filter(|l| !l.is_empty()) {
+            let holders: Vec<String> = l.iter().map(|(s, v)| format!("{s} ({})", v.node)).collect();
+            bail!(
+                "network {name} still has {} live lease(s): {}; stop or move those hosts first",
+                l.len(),
+                holders.join(", ")
+            );
+        }
+        // Atomically: only if no lease key was written since the listing
+        // (a host joining right now would otherwise lose its network).
+        let leases = self.keys.leases(name);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(leases, CompareOp::Less, snap.revision + 1).with_prefix()])
+            .and_then([TxnOp::delete(
+                self.keys.network(name),
+                Some(DeleteOptions::new().with_prefix()),
+            )]);
+        let r = deadline("delete network", self.timeout, self.client.txn(txn)).await?;
+        if !r.succeeded() {
+            bail!("network {name} got a new lease while being deleted; nothing was changed");
+        }
+        Ok(())
+    }
+
+    pub async fn grant(&mut self, ttl: i64) -> Result<i64> {
+        Ok(deadline("lease grant", self.timeout, self.client.lease_grant(ttl, None)).await?.id())
+    }
+
+    pub async fn keep_alive(
+        &mut self,
+        lease: i64,
+    ) -> Result<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> {
+        deadline("lease keep-alive", self.timeout, self.client.lease_keep_alive(lease)).await
+    }
+
+    /// Acquires a subnet of `net` for `me`, bound to etcd lease `lease`.
+    /// Takes over this node's own live lease key if there is one (an agent
+    /// restart), else tries free subnets with create-if-absent transactions.
+    pub async fn acquire(
+        &mut self,
+        net: &NetworkConfig,
+        me: &SubnetLease,
+        lease: i64,
+        snap: &Snapshot,
+    ) -> Result<Ipv4Net> {
+        let value = serde_json::to_vec(me)?;
+        let put = || Some(PutOptions::new().with_lease(lease));
+        // Our own key, still alive from a previous run of this agent: move it
+        // onto the new etcd lease without a moment of absence.
+        if let Some(sn) = snap.held_by(&net.name, &me.node) {
+            let key = self.keys.lease(&net.name, &sn);
+            let cur = deadline("get", self.timeout, self.client.get(key.clone(), None)).await?;
+            if let Some(kv) = cur.kvs().first() {
+                let still_mine = serde_json::from_slice::<SubnetLease>(kv.value())
+                    .map(|l| l.node == me.node)
+                    .unwrap_or(false);
+                if still_mine {
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())])
+                        .and_then([TxnOp::put(key, value.clone(), put())]);
+                    if deadline("take over lease", self.timeout, self.client.txn(txn)).await?.succeeded() {
+                        self.remember(&net.name, &me.node, &sn).await?;
+                        return Ok(sn);
+                    }
+                }
+            }
+        }
+        let taken = snap.leases.get(&net.name).map(|l| l.keys().copied().collect()).unwrap_or_default();
+        let remembered = snap.remembered.get(&net.name).cloned().unwrap_or_default();
+        let tries = candidates(net, &taken, &remembered, &me.node);
+        if tries.is_empty() {
+            bail!(
+                "network {} is exhausted: all {} /{} subnets of {} are leased",
+                net.name,
+                net.capacity(),
+                net.subnet_len,
+                net.cidr
+            );
+        }
+        for sn in tries {
+            let key = self.keys.lease(&net.name, &sn);
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, value.clone(), put())]);
+            if deadline("acquire", self.timeout, self.client.txn(txn)).await?.succeeded() {
+                self.remember(&net.name, &me.node, &sn).await?;
+                return Ok(sn);
+            }
+            // Somebody got it first; the next candidate.
+        }
+        Err(anyhow!("network {}: every free subnet was taken concurrently; will retry", net.name))
+    }
+
+    async fn remember(&mut self, net: &str, node: &str, sn: &Ipv4Net) -> Result<()> {
+        let key = self.keys.node(net, node);
+        if let Err(e) = deadline("put", self.timeout, self.client.put(key, sn.to_string(), None)).await {
+            // Only a hint for the next restart; the lease itself is in place.
+            warn!("recording subnet {sn} for {node}: {e:#}");
+        }
+        Ok(())
+    }
+
+    /// Watches everything under the prefix from `revision` (inclusive).
+    pub async fn watch(&mut self, revision: i64) -> Result<WatchStream> {
+        let opts = WatchOptions::new().with_prefix().with_start_revision(revision);
+        deadline("watch", self.timeout, self.client.watch(self.keys.root(), Some(opts))).await
+    }
+
+    pub async fn put_raw(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        deadline("put", self.timeout, self.client.put(key, value, None)).await?;
+        Ok(())
+    }
+}
