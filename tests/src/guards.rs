@@ -12,11 +12,15 @@ pub struct LabGuard {
 }
 
 impl LabGuard {
+    /// A lab in etcd mode (real etcd, leased subnets), one network.
     pub fn up(name: &str, hosts: u32, containers: u32) -> Self {
-        let topo = Topology::new(name, hosts, containers).expect("valid lab shape");
+        Self::up_with(Topology::new(name, hosts, containers).expect("valid lab shape"))
+    }
+
+    pub fn up_with(topo: Topology) -> Self {
         // A previous run that was killed may have left this lab behind.
-        let _ = lab::down(name);
-        lab::up(&topo, None).expect("lab up");
+        let _ = lab::down(&topo.name);
+        let topo = lab::up(&topo, None).expect("lab up");
         Self { topo }
     }
 

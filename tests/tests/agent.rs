@@ -6,7 +6,11 @@ use aya::{
     maps::{HashMap, Map, MapData},
     programs::{SchedClassifier, TcAttachType},
 };
-use netfab::lab::{self, demo::ping};
+use netfab::lab::{
+    self,
+    demo::ping,
+    topology::{Control, Topology},
+};
 use netfab_common::{maps::ENDPOINTS, Endpoint};
 use netfab_tests::{
     guards::{in_netns, LabGuard},
@@ -23,7 +27,8 @@ fn endpoint_count(lab: &LabGuard, h: u32) -> usize {
 #[test]
 fn malformed_state_file_is_reported_and_the_last_good_state_kept() {
     require_privileges!();
-    let lab = LabGuard::up("badstate", 2, 1);
+    // The etcd-less mode: each agent reads a whole state file.
+    let lab = LabGuard::up_with(Topology::with("badstate", 2, 1, 1, Control::Static).unwrap());
     let t = &lab.topo;
     let dir = lab::state_dir(&t.name);
     std::fs::write(dir.join("h1.json"), "{ this is not json").unwrap();

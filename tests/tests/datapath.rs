@@ -6,7 +6,7 @@ use netfab::{
     addr::MacAddr,
     lab::{
         demo::{iperf3, ping, IperfServer},
-        topology::{self, VNI},
+        topology,
     },
 };
 use netfab_tests::{
@@ -66,7 +66,7 @@ fn cross_host_and_local_traffic_takes_the_ebpf_path() {
     assert_eq!(frames.len(), 4);
     for f in frames {
         let f = f.expect("every captured frame parses as VXLAN");
-        assert_eq!(f.vni, VNI);
+        assert_eq!(f.vni, t.network_config(1).vni);
         let (src_h, dst_h) = if f.outer_dst == t.host_ip(1) {
             (2, 1)
         } else {
@@ -117,7 +117,9 @@ fn bad_traffic_is_dropped_and_counted() {
     let drops = |reason: &str| lab.counters(1).drops[reason];
 
     // A container using an address it was not given.
-    sh(&["-n", &c1, "addr", "add", "10.244.1.200/32", "dev", "eth0"]);
+    let subnet = t.subnet(1, 1).unwrap();
+    let spoofed = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 200).to_string();
+    sh(&["-n", &c1, "addr", "add", &format!("{spoofed}/32"), "dev", "eth0"]);
     let st = ping(&c1, &format!("{}", t.container_ip(2, 1)), 3, "0.05").map(|s| s.received);
     assert_eq!(st.unwrap(), 3, "the container's own address still works");
     let out = std::process::Command::new("ip")
@@ -135,7 +137,7 @@ fn bad_traffic_is_dropped_and_counted() {
             "-W",
             "1",
             "-I",
-            "10.244.1.200",
+            &spoofed,
         ])
         .arg(t.container_ip(2, 1).to_string())
         .output()
@@ -207,7 +209,7 @@ fn bad_traffic_is_dropped_and_counted() {
         "eth0",
     ]);
     sh(&["-n", &rogue.name, "link", "set", "eth0", "up"]);
-    send_udp(&rogue.name, to_h1, vxlan(VNI, &inner));
+    send_udp(&rogue.name, to_h1, vxlan(t.network_config(1).vni, &inner));
     wait_for("unknown source drop", Duration::from_secs(5), || {
         (drops("unknown_source") >= 1).then_some(())
     });
