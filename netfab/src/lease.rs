@@ -111,7 +111,11 @@ mod tests {
     fn subnet_keys_round_trip() {
         assert_eq!(subnet_key(&s("10.244.3.0/24")), "10.244.3.0-24");
         assert_eq!(parse_subnet_key("10.244.3.0-24"), Some(s("10.244.3.0/24")));
-        assert_eq!(parse_subnet_key("10.244.3.1-24"), None, "not a network address");
+        assert_eq!(
+            parse_subnet_key("10.244.3.1-24"),
+            None,
+            "not a network address"
+        );
         assert_eq!(parse_subnet_key("garbage"), None);
     }
 
@@ -123,7 +127,15 @@ mod tests {
             ("other".to_string(), s("10.0.0.0/24")),
         ]);
         let c = candidates(&n, &BTreeSet::new(), &remembered, "me");
-        assert_eq!(c, vec![s("10.0.2.0/24"), s("10.0.1.0/24"), s("10.0.3.0/24"), s("10.0.0.0/24")]);
+        assert_eq!(
+            c,
+            vec![
+                s("10.0.2.0/24"),
+                s("10.0.1.0/24"),
+                s("10.0.3.0/24"),
+                s("10.0.0.0/24")
+            ]
+        );
     }
 
     #[test]
@@ -131,8 +143,14 @@ mod tests {
         let n = net("10.0.0.0/23", 24);
         let taken = BTreeSet::from([s("10.0.0.0/24")]);
         let remembered = BTreeMap::from([("me".to_string(), s("10.0.0.0/24"))]);
-        assert_eq!(candidates(&n, &taken, &remembered, "me"), vec![s("10.0.1.0/24")]);
+        assert_eq!(
+            candidates(&n, &taken, &remembered, "me"),
+            vec![s("10.0.1.0/24")]
+        );
         let all = BTreeSet::from([s("10.0.0.0/24"), s("10.0.1.0/24")]);
-        assert!(candidates(&n, &all, &remembered, "me").is_empty(), "exhausted");
+        assert!(
+            candidates(&n, &all, &remembered, "me").is_empty(),
+            "exhausted"
+        );
     }
 }

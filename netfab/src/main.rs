@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use commands::{agent::AgentArgs, lab::LabCmd, network::NetworkCmd, EtcdArgs, HostArgs};
 
 #[derive(Parser)]
-#[command(name = "netfab", version, about = "eBPF-accelerated container routing fabric")]
+#[command(
+    name = "netfab",
+    version,
+    about = "eBPF-accelerated container routing fabric"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

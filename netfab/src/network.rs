@@ -63,9 +63,18 @@ pub enum NetworkError {
     #[error("a network named {0} already exists")]
     DuplicateName(String),
     #[error("network {name}: VNI {vni} is already used by network {other}")]
-    DuplicateVni { name: String, vni: u32, other: String },
+    DuplicateVni {
+        name: String,
+        vni: u32,
+        other: String,
+    },
     #[error("network {name}: CIDR {cidr} overlaps network {other} ({other_cidr})")]
-    Overlap { name: String, cidr: Ipv4Net, other: String, other_cidr: Ipv4Net },
+    Overlap {
+        name: String,
+        cidr: Ipv4Net,
+        other: String,
+        other_cidr: Ipv4Net,
+    },
 }
 
 impl NetworkConfig {
@@ -74,12 +83,18 @@ impl NetworkConfig {
         let name = self.name.clone();
         let ok_name = !self.name.is_empty()
             && self.name.len() <= 32
-            && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !ok_name {
             return Err(NetworkError::BadName(name));
         }
         if self.cidr.trunc() != self.cidr {
-            return Err(NetworkError::NotNetworkAddress { name, cidr: self.cidr });
+            return Err(NetworkError::NotNetworkAddress {
+                name,
+                cidr: self.cidr,
+            });
         }
         if self.subnet_len <= self.cidr.prefix_len() || self.subnet_len > 30 {
             return Err(NetworkError::BadSubnetLen {
@@ -89,7 +104,10 @@ impl NetworkConfig {
             });
         }
         if self.vni == 0 || self.vni > VNI_MAX {
-            return Err(NetworkError::BadVni { name, vni: self.vni });
+            return Err(NetworkError::BadVni {
+                name,
+                vni: self.vni,
+            });
         }
         if self.port == 0 {
             return Err(NetworkError::BadPort { name });
@@ -147,7 +165,8 @@ mod tests {
     #[test]
     fn accepts_a_sane_network() {
         let n = net("default", "10.244.0.0/16", 24, 1);
-        n.validate_against(&[net("other", "10.245.0.0/16", 24, 2)]).unwrap();
+        n.validate_against(&[net("other", "10.245.0.0/16", 24, 2)])
+            .unwrap();
         assert_eq!(n.capacity(), 256);
     }
 
@@ -177,6 +196,9 @@ mod tests {
         let n = net("default", "10.244.0.0/16", 24, 1);
         let j = serde_json::to_string(&n).unwrap();
         assert_eq!(serde_json::from_str::<NetworkConfig>(&j).unwrap(), n);
-        assert!(serde_json::from_str::<NetworkConfig>(r#"{"name":"x","cidr":"10.0.0.0/33","subnet_len":24,"vni":1}"#).is_err());
+        assert!(serde_json::from_str::<NetworkConfig>(
+            r#"{"name":"x","cidr":"10.0.0.0/33","subnet_len":24,"vni":1}"#
+        )
+        .is_err());
     }
 }

@@ -119,24 +119,20 @@ fn bad_traffic_is_dropped_and_counted() {
     // A container using an address it was not given.
     let subnet = t.subnet(1, 1).unwrap();
     let spoofed = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 200).to_string();
-    sh(&["-n", &c1, "addr", "add", &format!("{spoofed}/32"), "dev", "eth0"]);
+    sh(&[
+        "-n",
+        &c1,
+        "addr",
+        "add",
+        &format!("{spoofed}/32"),
+        "dev",
+        "eth0",
+    ]);
     let st = ping(&c1, &format!("{}", t.container_ip(2, 1)), 3, "0.05").map(|s| s.received);
     assert_eq!(st.unwrap(), 3, "the container's own address still works");
     let out = std::process::Command::new("ip")
         .args([
-            "netns",
-            "exec",
-            &c1,
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            "3",
-            "-i",
-            "0.05",
-            "-W",
-            "1",
-            "-I",
+            "netns", "exec", &c1, "ping", "-n", "-q", "-c", "3", "-i", "0.05", "-W", "1", "-I",
             &spoofed,
         ])
         .arg(t.container_ip(2, 1).to_string())

@@ -1,18 +1,27 @@
-//! Agents killed with SIGKILL and started again while traffic flows: the
-//! pinned links and maps keep forwarding, and the new agent adopts them.
+//! Agents stopped (SIGTERM) and killed (SIGKILL) and started again while a
+//! TCP stream and a 10 ms ping run: the pinned links and maps keep
+//! forwarding, and the new agent adopts them and gets its subnet back.
 use std::{
     process::{Command, Stdio},
     time::Duration,
 };
 
-use netfab::lab::{self, demo::parse_ping};
+use netfab::lab::{
+    self,
+    demo::{iperf3, parse_ping, IperfServer},
+};
 use netfab_tests::{guards::LabGuard, require_privileges};
 
 #[test]
-fn agent_kill_and_restart_loses_no_ping() {
+fn agent_restarts_during_a_tcp_stream_lose_no_ping() {
     require_privileges!();
     let lab = LabGuard::up("rs", 2, 1);
-    let t = &lab.topo;
+    let t = lab.topo.clone();
+    let subnets_before: Vec<_> = t.all_hosts().map(|h| lab::read_leases(&t, h)).collect();
+    let _server = IperfServer::start(&t.container_ns(1, 1), 5201).unwrap();
+    let server_ip = t.container_ip(1, 1).to_string();
+    let client_ns = t.container_ns(2, 1);
+    let stream = std::thread::spawn(move || iperf3(&client_ns, &server_ip, 5201, 8, 1));
     // 600 pings, one every 10 ms: about six seconds of traffic.
     let pinger = Command::new("ip")
         .args([
@@ -34,11 +43,11 @@ fn agent_kill_and_restart_loses_no_ping() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(800));
-    for h in [1, 2] {
-        lab::stop_agent(&t.name, h, true).unwrap();
+    for (h, hard) in [(1, false), (2, true)] {
+        lab::stop_agent(&t.name, h, hard).unwrap();
         std::thread::sleep(Duration::from_millis(500));
-        lab::start_agent(t, h, None).unwrap();
-        lab::wait_programmed(t, Duration::from_secs(10)).unwrap();
+        lab::start_agent(&t, h, None).unwrap();
+        lab::wait_programmed(&t, Duration::from_secs(10)).unwrap();
         std::thread::sleep(Duration::from_millis(500));
     }
     let out = pinger.wait_with_output().unwrap();
@@ -49,12 +58,26 @@ fn agent_kill_and_restart_loses_no_ping() {
     );
     assert_eq!(st.sent, 600);
     assert_eq!(st.received, st.sent, "replies lost across agent restarts");
+    let gbps = stream
+        .join()
+        .unwrap()
+        .expect("the TCP stream survived the restarts");
+    eprintln!("TCP stream across the restarts: {gbps:.2} Gbit/s");
 
-    // The restarted agents adopted the links instead of creating new ones.
-    for h in [1, 2] {
-        let log =
-            std::fs::read_to_string(lab::state_dir(&t.name).join(format!("h{h}.log"))).unwrap();
-        let loads = log.matches("dataplane ebpf loaded").count();
-        assert_eq!(loads, 2, "host {h} log:\n{log}");
+    for h in t.all_hosts() {
+        let log = lab::agent_log(&t, h);
+        assert_eq!(
+            log.matches("dataplane ebpf loaded").count(),
+            2,
+            "host {h} log:\n{log}"
+        );
+        // The restarted agent took over its own lease key: same subnet.
+        let leased: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.split("network default: leased ").nth(1))
+            .collect();
+        let before =
+            subnets_before[h as usize - 1].as_ref().unwrap().subnets["default"].to_string();
+        assert_eq!(leased, vec![before.as_str(); 2], "host {h} kept its subnet");
     }
 }

@@ -63,12 +63,21 @@ pub fn run(a: AgentArgs) -> Result<()> {
     }
     runtime()?.block_on(async move {
         if let Some(state_file) = a.state_file {
-            let cfg = AgentConfig { state_file, pin_dir: pins, bpf_object: object, resync, poll: Duration::from_millis(200) };
+            let cfg = AgentConfig {
+                state_file,
+                pin_dir: pins,
+                bpf_object: object,
+                resync,
+                poll: Duration::from_millis(200),
+            };
             return agent::run(cfg, shutdown_signal()).await;
         }
         let underlay_ip = underlay_ip(&a.underlay_interface).await?;
         let mut dp = EbpfDataplane::load(&object, &pins)?;
-        info!("node {node}: dataplane {} loaded, underlay {underlay_ip}", dp.name());
+        info!(
+            "node {node}: dataplane {} loaded, underlay {underlay_ip}",
+            dp.name()
+        );
         let cfg = ControlConfig {
             etcd: a.etcd.config(),
             node,
@@ -85,7 +94,10 @@ pub fn run(a: AgentArgs) -> Result<()> {
 
 async fn underlay_ip(iface: &str) -> Result<std::net::Ipv4Addr> {
     let nl = Netlink::connect()?;
-    let link = nl.link(iface).await?.ok_or_else(|| anyhow!("underlay interface {iface} not found"))?;
+    let link = nl
+        .link(iface)
+        .await?
+        .ok_or_else(|| anyhow!("underlay interface {iface} not found"))?;
     nl.ipv4_addrs(link.facts.ifindex)
         .await?
         .into_iter()

@@ -108,14 +108,24 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             let down = lab::down(&topo.name);
             result.and(down)
         }
-        LabCmd::Bench { shape, secs, reps, out } => {
+        LabCmd::Bench {
+            shape,
+            secs,
+            reps,
+            out,
+        } => {
             let topo = shape.topology(2)?;
             let result = lab::up(&topo, shape.bpf_object.as_deref())
                 .and_then(|t| lab::bench::run(&t, secs, reps, &out).map(|_| ()));
             let down = lab::down(&topo.name);
             result.and(down)
         }
-        LabCmd::RestartAgent { name, host, hard, bpf_object } => {
+        LabCmd::RestartAgent {
+            name,
+            host,
+            hard,
+            bpf_object,
+        } => {
             let topo = lab::load(&name.name)?;
             lab::stop_agent(&topo.name, host, hard)?;
             lab::start_agent(&topo, host, bpf_object.as_deref())?;

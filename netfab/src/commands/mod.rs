@@ -28,7 +28,13 @@ pub struct HostArgs {
 #[derive(Args, Clone)]
 pub struct EtcdArgs {
     /// etcd endpoints, comma separated.
-    #[arg(long, global = true, env = "NETFAB_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        env = "NETFAB_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub etcd_endpoints: Vec<String>,
     /// Key prefix of this fabric in etcd.
     #[arg(long, global = true, env = "NETFAB_ETCD_PREFIX", default_value = DEFAULT_PREFIX)]
@@ -68,11 +74,16 @@ pub fn hostname() -> String {
 
 /// The node name: explicit, else the namespace name, else the hostname.
 pub fn node_name(explicit: Option<&str>, netns: Option<&str>) -> String {
-    explicit.or(netns).map(str::to_string).unwrap_or_else(hostname)
+    explicit
+        .or(netns)
+        .map(str::to_string)
+        .unwrap_or_else(hostname)
 }
 
 pub fn pin_dir(h: &HostArgs, node: &str) -> PathBuf {
-    h.pin_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT).join(node))
+    h.pin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT).join(node))
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {

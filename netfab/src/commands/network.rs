@@ -29,9 +29,13 @@ pub enum NetworkCmd {
         dataplane: Pref,
     },
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
     /// Delete a network in which no host holds a lease.
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -60,29 +64,60 @@ pub fn run(cmd: NetworkCmd, etcd: EtcdArgs, netns_name: Option<String>) -> Resul
     runtime()?.block_on(async move {
         let mut store = EtcdStore::connect(&etcd.config()).await?;
         match cmd {
-            NetworkCmd::Create { name, cidr, subnet_len, vni, port, dataplane } => {
-                let cfg = NetworkConfig { name, cidr, subnet_len, vni, port, dataplane: dataplane.into() };
+            NetworkCmd::Create {
+                name,
+                cidr,
+                subnet_len,
+                vni,
+                port,
+                dataplane,
+            } => {
+                let cfg = NetworkConfig {
+                    name,
+                    cidr,
+                    subnet_len,
+                    vni,
+                    port,
+                    dataplane: dataplane.into(),
+                };
                 store.create_network(&cfg).await?;
-                println!("created network {} ({}, /{} per host, VNI {})", cfg.name, cfg.cidr, cfg.subnet_len, cfg.vni);
+                println!(
+                    "created network {} ({}, /{} per host, VNI {})",
+                    cfg.name, cfg.cidr, cfg.subnet_len, cfg.vni
+                );
             }
             NetworkCmd::List => {
                 let (snap, _) = store.snapshot().await?;
-                println!("{:<16} {:<18} {:>6} {:>8} {:>6} {:>7} {:>7}", "NAME", "CIDR", "SUBNET", "VNI", "PORT", "PLANE", "LEASES");
+                println!(
+                    "{:<16} {:<18} {:>6} {:>8} {:>6} {:>7} {:>7}",
+                    "NAME", "CIDR", "SUBNET", "VNI", "PORT", "PLANE", "LEASES"
+                );
                 for n in snap.networks.values() {
                     let leases = snap.leases.get(&n.name).map_or(0, |l| l.len());
                     println!(
                         "{:<16} {:<18} {:>6} {:>8} {:>6} {:>7} {:>7}",
-                        n.name, n.cidr.to_string(), format!("/{}", n.subnet_len), n.vni, n.port, n.dataplane.to_string(), leases
+                        n.name,
+                        n.cidr.to_string(),
+                        format!("/{}", n.subnet_len),
+                        n.vni,
+                        n.port,
+                        n.dataplane.to_string(),
+                        leases
                     );
                 }
             }
             NetworkCmd::Show { name } => {
                 let (snap, _) = store.snapshot().await?;
-                let Some(n) = snap.networks.get(&name) else { bail!("no network named {name}") };
+                let Some(n) = snap.networks.get(&name) else {
+                    bail!("no network named {name}")
+                };
                 println!("{}", serde_json::to_string_pretty(n)?);
                 println!("leases:");
                 for (sn, l) in snap.leases.get(&name).into_iter().flatten() {
-                    println!("  {sn:<18} {:<16} {:<15} {} {}", l.node, l.underlay_ip, l.vtep_mac, l.dataplane);
+                    println!(
+                        "  {sn:<18} {:<16} {:<15} {} {}",
+                        l.node, l.underlay_ip, l.vtep_mac, l.dataplane
+                    );
                 }
             }
             NetworkCmd::Delete { name } => {

@@ -29,7 +29,9 @@ pub fn desired_state(
     };
     let mut port = None;
     for (name, subnet) in held {
-        let Some(cfg) = snap.networks.get(name) else { continue };
+        let Some(cfg) = snap.networks.get(name) else {
+            continue;
+        };
         // One collect-metadata VXLAN device serves one UDP port.
         match port {
             None => port = Some(cfg.port),
@@ -42,7 +44,11 @@ pub fn desired_state(
             }
             _ => {}
         }
-        state.networks.push(Network { name: name.clone(), vni: cfg.vni, subnet: *subnet });
+        state.networks.push(Network {
+            name: name.clone(),
+            vni: cfg.vni,
+            subnet: *subnet,
+        });
         for (sn, lease) in snap.leases.get(name).into_iter().flatten() {
             if lease.node == node || sn == subnet {
                 continue;
@@ -59,11 +65,17 @@ pub fn desired_state(
     let mut seen = BTreeSet::new();
     for e in endpoints {
         let Some(net) = state.networks.iter().find(|n| n.name == e.network) else {
-            warnings.push(format!("endpoint {}: this host holds no subnet in network {}", e.ip, e.network));
+            warnings.push(format!(
+                "endpoint {}: this host holds no subnet in network {}",
+                e.ip, e.network
+            ));
             continue;
         };
         if !net.subnet.contains(&e.ip) {
-            warnings.push(format!("endpoint {}: outside this host's subnet {} of {}", e.ip, net.subnet, e.network));
+            warnings.push(format!(
+                "endpoint {}: outside this host's subnet {} of {}",
+                e.ip, net.subnet, e.network
+            ));
             continue;
         }
         if !seen.insert(e.ip) {
@@ -88,23 +100,49 @@ mod tests {
     fn snap() -> Snapshot {
         let k = Keys::new("/netfab");
         let lease = |node: &str, ip: &str| {
-            format!(r#"{{"node":"{node}","underlay_ip":"{ip}","vtep_mac":"0e:6e:00:00:00:01","dataplane":"ebpf","agent_version":"t"}}"#)
+            format!(
+                r#"{{"node":"{node}","underlay_ip":"{ip}","vtep_mac":"0e:6e:00:00:00:01","dataplane":"ebpf","agent_version":"t"}}"#
+            )
         };
         let l1 = lease("h1", "100.64.0.1");
         let l2 = lease("h2", "100.64.0.2");
         let kvs: Vec<(String, Vec<u8>)> = vec![
-            ("/netfab/networks/a/config".into(), br#"{"name":"a","cidr":"10.244.0.0/16","subnet_len":24,"vni":1}"#.to_vec()),
-            ("/netfab/networks/b/config".into(), br#"{"name":"b","cidr":"10.245.0.0/16","subnet_len":24,"vni":2}"#.to_vec()),
-            ("/netfab/networks/c/config".into(), br#"{"name":"c","cidr":"10.246.0.0/16","subnet_len":24,"vni":3,"port":9999}"#.to_vec()),
-            ("/netfab/networks/a/leases/10.244.1.0-24".into(), l1.clone().into_bytes()),
-            ("/netfab/networks/a/leases/10.244.2.0-24".into(), l2.clone().into_bytes()),
-            ("/netfab/networks/b/leases/10.245.7.0-24".into(), l2.into_bytes()),
+            (
+                "/netfab/networks/a/config".into(),
+                br#"{"name":"a","cidr":"10.244.0.0/16","subnet_len":24,"vni":1}"#.to_vec(),
+            ),
+            (
+                "/netfab/networks/b/config".into(),
+                br#"{"name":"b","cidr":"10.245.0.0/16","subnet_len":24,"vni":2}"#.to_vec(),
+            ),
+            (
+                "/netfab/networks/c/config".into(),
+                br#"{"name":"c","cidr":"10.246.0.0/16","subnet_len":24,"vni":3,"port":9999}"#
+                    .to_vec(),
+            ),
+            (
+                "/netfab/networks/a/leases/10.244.1.0-24".into(),
+                l1.clone().into_bytes(),
+            ),
+            (
+                "/netfab/networks/a/leases/10.244.2.0-24".into(),
+                l2.clone().into_bytes(),
+            ),
+            (
+                "/netfab/networks/b/leases/10.245.7.0-24".into(),
+                l2.into_bytes(),
+            ),
         ];
         Snapshot::from_kvs(&k, kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())), 1).0
     }
 
     fn ep(ip: &str, net: &str) -> LocalEndpoint {
-        LocalEndpoint { ip: ip.parse().unwrap(), network: net.into(), host_ifname: "nfc1".into(), mac: Default::default() }
+        LocalEndpoint {
+            ip: ip.parse().unwrap(),
+            network: net.into(),
+            host_ifname: "nfc1".into(),
+            mac: Default::default(),
+        }
     }
 
     #[test]
@@ -116,8 +154,15 @@ mod tests {
         let (s, warnings) = desired_state(&snap(), &held, &[ep("10.244.1.2", "a")], "eth0", "h1");
         s.validate().unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
-        let remotes: Vec<(String, u32)> = s.remotes.iter().map(|r| (r.subnet.to_string(), r.vni)).collect();
-        assert_eq!(remotes, vec![("10.244.2.0/24".into(), 1), ("10.245.7.0/24".into(), 2)]);
+        let remotes: Vec<(String, u32)> = s
+            .remotes
+            .iter()
+            .map(|r| (r.subnet.to_string(), r.vni))
+            .collect();
+        assert_eq!(
+            remotes,
+            vec![("10.244.2.0/24".into(), 1), ("10.245.7.0/24".into(), 2)]
+        );
         assert_eq!(s.endpoints[0].vni, 1);
     }
 
@@ -127,7 +172,12 @@ mod tests {
             ("a".to_string(), "10.244.1.0/24".parse().unwrap()),
             ("c".to_string(), "10.246.1.0/24".parse().unwrap()),
         ]);
-        let eps = [ep("10.244.9.9", "a"), ep("10.245.1.2", "b"), ep("10.244.1.2", "a"), ep("10.244.1.2", "a")];
+        let eps = [
+            ep("10.244.9.9", "a"),
+            ep("10.245.1.2", "b"),
+            ep("10.244.1.2", "a"),
+            ep("10.244.1.2", "a"),
+        ];
         let (s, w) = desired_state(&snap(), &held, &eps, "eth0", "h1");
         s.validate().unwrap();
         assert_eq!(s.networks.len(), 1, "network c needs another UDP port");

@@ -279,7 +279,9 @@ impl<'a, D: Dataplane> Controller<'a, D> {
 
     /// Applies watch events to the cache; true if anything changed.
     fn on_watch(&mut self, resp: &etcd_client::WatchResponse) -> bool {
-        let Some(snap) = self.snap.as_mut() else { return false };
+        let Some(snap) = self.snap.as_mut() else {
+            return false;
+        };
         let store_keys = &self.keys;
         let mut changed = false;
         for ev in resp.events() {
@@ -356,8 +358,13 @@ impl<'a, D: Dataplane> Controller<'a, D> {
     }
 
     fn write_lease_file(&mut self) {
-        let Some(path) = &self.cfg.lease_file else { return };
-        let lf = LeaseFile { node: self.me.node.clone(), subnets: self.held.clone() };
+        let Some(path) = &self.cfg.lease_file else {
+            return;
+        };
+        let lf = LeaseFile {
+            node: self.me.node.clone(),
+            subnets: self.held.clone(),
+        };
         if self.written.as_ref() == Some(&lf) {
             return;
         }
@@ -371,7 +378,9 @@ impl<'a, D: Dataplane> Controller<'a, D> {
     }
 }
 
-async fn next_watch(w: &mut Option<WatchStream>) -> Result<Option<etcd_client::WatchResponse>, etcd_client::Error> {
+async fn next_watch(
+    w: &mut Option<WatchStream>,
+) -> Result<Option<etcd_client::WatchResponse>, etcd_client::Error> {
     match w {
         Some(w) => w.message().await,
         None => std::future::pending().await,

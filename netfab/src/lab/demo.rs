@@ -147,7 +147,10 @@ pub fn run(topo: &Topology, iperf_secs: u32) -> Result<()> {
             let st = ping(&topo.container_ns(h, c), &dst, count, "0.05")?;
             let from = topo.container_ns(h, c);
             if same_net && st.received != st.sent {
-                failures.push(format!("{from} -> {dst}: {}/{} answered", st.received, st.sent));
+                failures.push(format!(
+                    "{from} -> {dst}: {}/{} answered",
+                    st.received, st.sent
+                ));
             } else if !same_net && st.received > 0 {
                 failures.push(format!("{from} -> {dst}: crossed networks"));
             }

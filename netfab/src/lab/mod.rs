@@ -47,11 +47,17 @@ pub fn load(name: &str) -> Result<Topology> {
 /// Builds the lab; returns the topology with every host's subnets filled in.
 pub fn up(topo: &Topology, bpf_object: Option<&Path>) -> Result<Topology> {
     if sh::netns_list()?.contains(&topo.underlay_ns()) {
-        bail!("lab `{}` already exists; run `netfab lab down --name {}` first", topo.name, topo.name);
+        bail!(
+            "lab `{}` already exists; run `netfab lab down --name {}` first",
+            topo.name,
+            topo.name
+        );
     }
     let result = build(topo.clone(), bpf_object);
     if let Err(e) = &result {
-        say(format!("setting up failed ({e:#}); tearing down what was built"));
+        say(format!(
+            "setting up failed ({e:#}); tearing down what was built"
+        ));
         if let Err(e2) = down(&topo.name) {
             say(format!("teardown after failure also failed: {e2:#}"));
         }
@@ -68,7 +74,10 @@ fn build(mut topo: Topology, bpf_object: Option<&Path>) -> Result<Topology> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     topo.save(&dir.join("topology.json"))?;
 
-    say(format!("underlay {}: bridge br0, 100.64.0.0/24", topo.underlay_ns()));
+    say(format!(
+        "underlay {}: bridge br0, 100.64.0.0/24",
+        topo.underlay_ns()
+    ));
     wiring::underlay(&topo)?;
     if topo.control == Control::Etcd {
         say(format!("etcd in {} at {}", topo.etcd_ns(), topo.etcd_url()));
@@ -77,15 +86,26 @@ fn build(mut topo: Topology, bpf_object: Option<&Path>) -> Result<Topology> {
         for n in 1..=topo.networks {
             let c = topo.network_config(n);
             let args = [
-                "network", "create", &c.name, "--cidr", &c.cidr.to_string(), "--subnet-len", "24",
-                "--vni", &c.vni.to_string(),
+                "network",
+                "create",
+                &c.name,
+                "--cidr",
+                &c.cidr.to_string(),
+                "--subnet-len",
+                "24",
+                "--vni",
+                &c.vni.to_string(),
             ];
             // etcd takes a moment to start serving.
             retry(Duration::from_secs(15), || netfab_cli(&topo, &args))?;
         }
     }
     for h in topo.all_hosts() {
-        say(format!("host {}: eth0 {}", topo.host_ns(h), topo.host_ip(h)));
+        say(format!(
+            "host {}: eth0 {}",
+            topo.host_ns(h),
+            topo.host_ip(h)
+        ));
         wiring::host(&topo, h)?;
     }
     match topo.control {
@@ -115,9 +135,19 @@ fn build(mut topo: Topology, bpf_object: Option<&Path>) -> Result<Topology> {
     }
     wait_programmed(&topo, Duration::from_secs(30))?;
     for s in &topo.subnets {
-        say(format!("host {} network {}: {}", s.host, topo.network_name(s.network), s.subnet));
+        say(format!(
+            "host {} network {}: {}",
+            s.host,
+            topo.network_name(s.network),
+            s.subnet
+        ));
     }
-    say(format!("up: {} hosts x {} containers; state in {}", topo.hosts, topo.containers, dir.display()));
+    say(format!(
+        "up: {} hosts x {} containers; state in {}",
+        topo.hosts,
+        topo.containers,
+        dir.display()
+    ));
     Ok(topo)
 }
 
@@ -136,11 +166,20 @@ fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
 pub fn netfab_cli(topo: &Topology, args: &[&str]) -> Result<String> {
     let out = Command::new(netfab_binary()?)
         .args(args)
-        .args(["--netns", &topo.etcd_ns(), "--etcd-endpoints", "http://127.0.0.1:2379"])
+        .args([
+            "--netns",
+            &topo.etcd_ns(),
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+        ])
         .output()
         .context("running netfab")?;
     if !out.status.success() {
-        bail!("netfab {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "netfab {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -171,7 +210,11 @@ fn wait_leases(topo: &Topology, timeout: Duration) -> Result<Vec<HostSubnet>> {
             if let Some(lf) = read_leases(topo, h) {
                 let found: Vec<HostSubnet> = (1..=topo.networks)
                     .filter_map(|n| {
-                        lf.subnets.get(&topo.network_name(n)).map(|s| HostSubnet { host: h, network: n, subnet: *s })
+                        lf.subnets.get(&topo.network_name(n)).map(|s| HostSubnet {
+                            host: h,
+                            network: n,
+                            subnet: *s,
+                        })
                     })
                     .collect();
                 if found.len() == topo.networks as usize {
@@ -180,7 +223,10 @@ fn wait_leases(topo: &Topology, timeout: Duration) -> Result<Vec<HostSubnet>> {
                 }
             }
             if Instant::now() > deadline {
-                bail!("host {h} did not lease its subnets within {timeout:?}; its log:\n{}", agent_log(topo, h));
+                bail!(
+                    "host {h} did not lease its subnets within {timeout:?}; its log:\n{}",
+                    agent_log(topo, h)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -232,7 +278,10 @@ pub fn wait_host_programmed(topo: &Topology, h: u32, timeout: Duration) -> Resul
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("agent of host {h} did not program its dataplane within {timeout:?}; its log:\n{}", agent_log(topo, h));
+            bail!(
+                "agent of host {h} did not program its dataplane within {timeout:?}; its log:\n{}",
+                agent_log(topo, h)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -257,8 +306,10 @@ pub fn down(name: &str) -> Result<()> {
         }
     }
     // Containers first, then hosts, then the underlay.
-    let mut namespaces: Vec<String> =
-        sh::netns_list()?.into_iter().filter(|n| n.starts_with(&prefix)).collect();
+    let mut namespaces: Vec<String> = sh::netns_list()?
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
     namespaces.sort_by_key(|n| std::cmp::Reverse(n.len()));
     for ns in &namespaces {
         if let Err(e) = sh::ip(&["netns", "del", ns]) {
@@ -291,7 +342,10 @@ pub fn down(name: &str) -> Result<()> {
             }
         }
     }
-    say(format!("down: removed {} namespaces of lab `{name}`", namespaces.len()));
+    say(format!(
+        "down: removed {} namespaces of lab `{name}`",
+        namespaces.len()
+    ));
     if errors.is_empty() {
         Ok(())
     } else {

@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{state_dir, topology::{Control, Topology}};
+use super::{
+    state_dir,
+    topology::{Control, Topology},
+};
 
 pub fn pid_file(lab: &str, proc_name: &str) -> PathBuf {
     state_dir(lab).join(format!("{proc_name}.pid"))
@@ -45,7 +48,9 @@ fn spawn(lab: &str, proc_name: &str, mut cmd: Command) -> Result<u32> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0);
-    let child = cmd.spawn().with_context(|| format!("starting {proc_name}"))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {proc_name}"))?;
     let pid = child.id();
     std::fs::write(pid_file(lab, proc_name), pid.to_string())?;
     Ok(pid)
@@ -80,7 +85,10 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
     if let Some(o) = bpf_object {
         cmd.arg("--bpf-object").arg(o);
     }
-    cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    );
     spawn(&topo.name, &agent_name(h), cmd)
 }
 
@@ -108,7 +116,11 @@ pub fn start_etcd(topo: &Topology) -> Result<u32> {
 }
 
 fn read_pid(lab: &str, proc_name: &str) -> Option<i32> {
-    std::fs::read_to_string(pid_file(lab, proc_name)).ok()?.trim().parse().ok()
+    std::fs::read_to_string(pid_file(lab, proc_name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn alive(pid: i32) -> bool {
@@ -127,7 +139,9 @@ fn reap(pid: i32) {
 /// Stops a process this lab started, by its recorded PID. `hard` = SIGKILL
 /// at once, as a crash would.
 pub fn stop(lab: &str, proc_name: &str, hard: bool) -> Result<()> {
-    let Some(pid) = read_pid(lab, proc_name) else { return Ok(()) };
+    let Some(pid) = read_pid(lab, proc_name) else {
+        return Ok(());
+    };
     reap(pid);
     if alive(pid) {
         let sig = if hard { libc::SIGKILL } else { libc::SIGTERM };
@@ -154,7 +168,12 @@ pub fn recorded(lab: &str) -> Vec<String> {
     std::fs::read_dir(state_dir(lab))
         .map(|d| {
             d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".pid").map(str::to_string))
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".pid")
+                        .map(str::to_string)
+                })
                 .collect()
         })
         .unwrap_or_default()

@@ -68,7 +68,13 @@ impl Topology {
         Self::with(name, hosts, containers, 1, Control::Etcd)
     }
 
-    pub fn with(name: &str, hosts: u32, containers: u32, networks: u32, control: Control) -> Result<Self> {
+    pub fn with(
+        name: &str,
+        hosts: u32,
+        containers: u32,
+        networks: u32,
+        control: Control,
+    ) -> Result<Self> {
         if name.is_empty()
             || name.len() > 10
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -95,7 +101,11 @@ impl Topology {
                 for n in 1..=networks {
                     let o = t.network_cidr(n).network().octets();
                     let subnet = Ipv4Net::new(Ipv4Addr::new(o[0], o[1], h as u8, 0), 24)?;
-                    t.subnets.push(HostSubnet { host: h, network: n, subnet });
+                    t.subnets.push(HostSubnet {
+                        host: h,
+                        network: n,
+                        subnet,
+                    });
                 }
             }
         }
@@ -136,7 +146,11 @@ impl Topology {
     }
 
     pub fn network_name(&self, n: u32) -> String {
-        if n == 1 { "default".into() } else { format!("net{n}") }
+        if n == 1 {
+            "default".into()
+        } else {
+            format!("net{n}")
+        }
     }
     pub fn network_cidr(&self, n: u32) -> Ipv4Net {
         Ipv4Net::new(Ipv4Addr::new(10, (243 + n) as u8, 0, 0), 16).expect("valid prefix")
@@ -157,7 +171,10 @@ impl Topology {
     }
 
     pub fn subnet(&self, h: u32, n: u32) -> Option<Ipv4Net> {
-        self.subnets.iter().find(|s| s.host == h && s.network == n).map(|s| s.subnet)
+        self.subnets
+            .iter()
+            .find(|s| s.host == h && s.network == n)
+            .map(|s| s.subnet)
     }
     fn subnet_or_panic(&self, h: u32, n: u32) -> Ipv4Net {
         self.subnet(h, n)
@@ -192,7 +209,11 @@ impl Topology {
             vxlan_device: DEFAULT_VXLAN_DEVICE.into(),
             networks: nets
                 .clone()
-                .map(|n| Network { name: self.network_name(n), vni: n, subnet: self.subnet_or_panic(h, n) })
+                .map(|n| Network {
+                    name: self.network_name(n),
+                    vni: n,
+                    subnet: self.subnet_or_panic(h, n),
+                })
                 .collect(),
             remotes: self
                 .all_hosts()
@@ -210,7 +231,9 @@ impl Topology {
                 .into_iter()
                 .map(|e| EndpointSpec {
                     ip: e.ip,
-                    vni: self.network_config(self.container_network_by_name(&e.network)).vni,
+                    vni: self
+                        .network_config(self.container_network_by_name(&e.network))
+                        .vni,
                     host_ifname: e.host_ifname,
                     mac: e.mac,
                 })
@@ -219,7 +242,9 @@ impl Topology {
     }
 
     fn container_network_by_name(&self, name: &str) -> u32 {
-        (1..=self.networks).find(|&n| self.network_name(n) == name).unwrap_or(1)
+        (1..=self.networks)
+            .find(|&n| self.network_name(n) == name)
+            .unwrap_or(1)
     }
 
     pub fn save(&self, path: &std::path::Path) -> Result<()> {

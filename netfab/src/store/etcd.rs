@@ -61,8 +61,10 @@ impl EtcdStore {
             let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(pem));
             match (&cfg.cert, &cfg.key) {
                 (Some(c), Some(k)) => {
-                    let cert = std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
-                    let key = std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
+                    let cert =
+                        std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
+                    let key =
+                        std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
                     tls = tls.identity(Identity::from_pem(cert, key));
                 }
                 (None, None) => {}
@@ -77,7 +79,11 @@ impl EtcdStore {
         )
         .await
         .with_context(|| format!("connecting to etcd at {}", cfg.endpoints.join(",")))?;
-        Ok(Self { client, keys: Keys::new(&cfg.prefix), timeout: cfg.timeout })
+        Ok(Self {
+            client,
+            keys: Keys::new(&cfg.prefix),
+            timeout: cfg.timeout,
+        })
     }
 
     /// Everything under the prefix, parsed; bad entries are returned, not fatal.
@@ -93,7 +99,12 @@ impl EtcdStore {
         let kvs: Vec<(String, Vec<u8>)> = resp
             .kvs()
             .iter()
-            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec()))
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
             .collect();
         Ok(Snapshot::from_kvs(
             &self.keys,
@@ -150,14 +161,25 @@ impl EtcdStore {
     }
 
     pub async fn grant(&mut self, ttl: i64) -> Result<i64> {
-        Ok(deadline("lease grant", self.timeout, self.client.lease_grant(ttl, None)).await?.id())
+        Ok(deadline(
+            "lease grant",
+            self.timeout,
+            self.client.lease_grant(ttl, None),
+        )
+        .await?
+        .id())
     }
 
     pub async fn keep_alive(
         &mut self,
         lease: i64,
     ) -> Result<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> {
-        deadline("lease keep-alive", self.timeout, self.client.lease_keep_alive(lease)).await
+        deadline(
+            "lease keep-alive",
+            self.timeout,
+            self.client.lease_keep_alive(lease),
+        )
+        .await
     }
 
     /// Acquires a subnet of `net` for `me`, bound to etcd lease `lease`.
@@ -183,16 +205,27 @@ impl EtcdStore {
                     .unwrap_or(false);
                 if still_mine {
                     let txn = Txn::new()
-                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())])
+                        .when([Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            kv.mod_revision(),
+                        )])
                         .and_then([TxnOp::put(key, value.clone(), put())]);
-                    if deadline("take over lease", self.timeout, self.client.txn(txn)).await?.succeeded() {
+                    if deadline("take over lease", self.timeout, self.client.txn(txn))
+                        .await?
+                        .succeeded()
+                    {
                         self.remember(&net.name, &me.node, &sn).await?;
                         return Ok(sn);
                     }
                 }
             }
         }
-        let taken = snap.leases.get(&net.name).map(|l| l.keys().copied().collect()).unwrap_or_default();
+        let taken = snap
+            .leases
+            .get(&net.name)
+            .map(|l| l.keys().copied().collect())
+            .unwrap_or_default();
         let remembered = snap.remembered.get(&net.name).cloned().unwrap_or_default();
         let tries = candidates(net, &taken, &remembered, &me.node);
         if tries.is_empty() {
@@ -209,18 +242,30 @@ impl EtcdStore {
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key, value.clone(), put())]);
-            if deadline("acquire", self.timeout, self.client.txn(txn)).await?.succeeded() {
+            if deadline("acquire", self.timeout, self.client.txn(txn))
+                .await?
+                .succeeded()
+            {
                 self.remember(&net.name, &me.node, &sn).await?;
                 return Ok(sn);
             }
             // Somebody got it first; the next candidate.
         }
-        Err(anyhow!("network {}: every free subnet was taken concurrently; will retry", net.name))
+        Err(anyhow!(
+            "network {}: every free subnet was taken concurrently; will retry",
+            net.name
+        ))
     }
 
     async fn remember(&mut self, net: &str, node: &str, sn: &Ipv4Net) -> Result<()> {
         let key = self.keys.node(net, node);
-        if let Err(e) = deadline("put", self.timeout, self.client.put(key, sn.to_string(), None)).await {
+        if let Err(e) = deadline(
+            "put",
+            self.timeout,
+            self.client.put(key, sn.to_string(), None),
+        )
+        .await
+        {
             // Only a hint for the next restart; the lease itself is in place.
             warn!("recording subnet {sn} for {node}: {e:#}");
         }
@@ -229,8 +274,15 @@ impl EtcdStore {
 
     /// Watches everything under the prefix from `revision` (inclusive).
     pub async fn watch(&mut self, revision: i64) -> Result<WatchStream> {
-        let opts = WatchOptions::new().with_prefix().with_start_revision(revision);
-        deadline("watch", self.timeout, self.client.watch(self.keys.root(), Some(opts))).await
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
+        deadline(
+            "watch",
+            self.timeout,
+            self.client.watch(self.keys.root(), Some(opts)),
+        )
+        .await
     }
 
     pub async fn put_raw(&mut self, key: &str, value: &[u8]) -> Result<()> {

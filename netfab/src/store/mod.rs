@@ -30,7 +30,9 @@ pub enum KeyKind {
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.trim_end_matches('/').to_string() }
+        Self {
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
     }
     pub fn root(&self) -> String {
         format!("{}/networks/", self.prefix)
@@ -57,8 +59,14 @@ impl Keys {
         let net = parts.next()?.to_string();
         match (parts.next()?, parts.next()) {
             ("config", None) => Some(KeyKind::Config { net }),
-            ("leases", Some(s)) if !s.is_empty() => Some(KeyKind::Lease { net, subnet: s.into() }),
-            ("nodes", Some(n)) if !n.is_empty() => Some(KeyKind::Node { net, node: n.into() }),
+            ("leases", Some(s)) if !s.is_empty() => Some(KeyKind::Lease {
+                net,
+                subnet: s.into(),
+            }),
+            ("nodes", Some(n)) if !n.is_empty() => Some(KeyKind::Node {
+                net,
+                node: n.into(),
+            }),
             _ => None,
         }
     }
@@ -76,12 +84,21 @@ mod tests {
         assert_eq!(l, "/netfab/networks/default/leases/10.244.1.0-24");
         assert_eq!(
             k.parse(&l),
-            Some(KeyKind::Lease { net: "default".into(), subnet: "10.244.1.0-24".into() })
+            Some(KeyKind::Lease {
+                net: "default".into(),
+                subnet: "10.244.1.0-24".into()
+            })
         );
-        assert_eq!(k.parse(&k.config("x")), Some(KeyKind::Config { net: "x".into() }));
+        assert_eq!(
+            k.parse(&k.config("x")),
+            Some(KeyKind::Config { net: "x".into() })
+        );
         assert_eq!(
             k.parse(&k.node("x", "h1")),
-            Some(KeyKind::Node { net: "x".into(), node: "h1".into() })
+            Some(KeyKind::Node {
+                net: "x".into(),
+                node: "h1".into()
+            })
         );
         assert_eq!(k.parse("/netfab/networks/x/unknown"), None);
         assert_eq!(k.parse("/other/networks/x/config"), None);

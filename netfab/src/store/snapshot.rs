@@ -34,11 +34,17 @@ impl Snapshot {
         kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
         revision: i64,
     ) -> (Self, Vec<BadEntry>) {
-        let mut s = Snapshot { revision, ..Default::default() };
+        let mut s = Snapshot {
+            revision,
+            ..Default::default()
+        };
         let mut bad = Vec::new();
         for (k, v) in kvs {
             if let Err(reason) = s.put(keys, k, v) {
-                bad.push(BadEntry { key: k.to_string(), reason });
+                bad.push(BadEntry {
+                    key: k.to_string(),
+                    reason,
+                });
             }
         }
         (s, bad)
@@ -56,7 +62,10 @@ impl Snapshot {
                 .and_then(|c| {
                     c.validate().map_err(|e| e.to_string())?;
                     if &c.name != net {
-                        return Err(format!("config names network {} but sits under {net}", c.name));
+                        return Err(format!(
+                            "config names network {} but sits under {net}",
+                            c.name
+                        ));
                     }
                     self.networks.insert(net.clone(), c);
                     Ok(())
@@ -78,7 +87,10 @@ impl Snapshot {
                 .and_then(|t| t.trim().parse::<Ipv4Net>().ok())
                 .ok_or_else(|| "node record is not a subnet".to_string())
                 .map(|sn| {
-                    self.remembered.entry(net.clone()).or_default().insert(node.clone(), sn);
+                    self.remembered
+                        .entry(net.clone())
+                        .or_default()
+                        .insert(node.clone(), sn);
                 }),
         };
         if res.is_err() {
@@ -133,9 +145,18 @@ mod tests {
         let k = Keys::new("/netfab");
         let kvs: Vec<(&str, &[u8])> = vec![
             ("/netfab/networks/default/config", NET.as_bytes()),
-            ("/netfab/networks/default/leases/10.244.1.0-24", LEASE.as_bytes()),
-            ("/netfab/networks/default/leases/10.244.2.0-24", b"{not json"),
-            ("/netfab/networks/bad/config", br#"{"name":"bad","cidr":"10.0.0.0/40","subnet_len":24,"vni":2}"#),
+            (
+                "/netfab/networks/default/leases/10.244.1.0-24",
+                LEASE.as_bytes(),
+            ),
+            (
+                "/netfab/networks/default/leases/10.244.2.0-24",
+                b"{not json",
+            ),
+            (
+                "/netfab/networks/bad/config",
+                br#"{"name":"bad","cidr":"10.0.0.0/40","subnet_len":24,"vni":2}"#,
+            ),
             ("/netfab/networks/default/nodes/h1", b"10.244.1.0/24"),
             ("/netfab/unrelated", b"whatever"),
         ];
@@ -143,10 +164,22 @@ mod tests {
         assert_eq!(s.revision, 7);
         assert_eq!(s.networks.keys().collect::<Vec<_>>(), vec!["default"]);
         assert_eq!(s.leases["default"].len(), 1);
-        assert_eq!(s.held_by("default", "h1"), Some("10.244.1.0/24".parse().unwrap()));
-        assert_eq!(s.remembered["default"]["h1"], "10.244.1.0/24".parse().unwrap());
+        assert_eq!(
+            s.held_by("default", "h1"),
+            Some("10.244.1.0/24".parse().unwrap())
+        );
+        assert_eq!(
+            s.remembered["default"]["h1"],
+            "10.244.1.0/24".parse().unwrap()
+        );
         let bad_keys: Vec<&str> = bad.iter().map(|b| b.key.as_str()).collect();
-        assert_eq!(bad_keys, vec!["/netfab/networks/default/leases/10.244.2.0-24", "/netfab/networks/bad/config"]);
+        assert_eq!(
+            bad_keys,
+            vec![
+                "/netfab/networks/default/leases/10.244.2.0-24",
+                "/netfab/networks/bad/config"
+            ]
+        );
     }
 
     #[test]
