@@ -486,3 +486,39 @@ fn network_cli_validates_before_writing() {
     .unwrap();
     assert!(listing().contains("extra"));
 }
+
+#[test]
+fn agents_talk_to_etcd_over_tls_with_client_certificates() {
+    require_privileges!();
+    let mut topo = Topology::with("tls", 2, 1, 1, Control::Etcd).unwrap();
+    topo.etcd_tls = true;
+    let lab = LabGuard::up_with(topo);
+    let t = &lab.topo;
+    assert!(t.etcd_url().starts_with("https://"));
+    let st = ping(
+        &t.container_ns(1, 1),
+        &t.container_ip(2, 1).to_string(),
+        3,
+        "0.05",
+    )
+    .unwrap();
+    assert_eq!(st.received, 3);
+    // Without a client certificate etcd refuses us.
+    let out = Command::new(lab::netfab_binary().unwrap())
+        .args([
+            "network",
+            "list",
+            "--netns",
+            &t.etcd_ns(),
+            "--etcd-endpoints",
+            &t.etcd_local_url(),
+            "--etcd-timeout-secs",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "plain connection to a TLS etcd must fail"
+    );
+}

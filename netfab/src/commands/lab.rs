@@ -30,6 +30,9 @@ pub struct LabShape {
     /// Lease TTL in seconds (etcd mode).
     #[arg(long, default_value_t = 10)]
     lease_ttl: u32,
+    /// etcd with TLS and client certificates.
+    #[arg(long)]
+    etcd_tls: bool,
     #[arg(long, env = "NETFAB_BPF_OBJECT")]
     bpf_object: Option<PathBuf>,
 }
@@ -44,6 +47,7 @@ impl LabShape {
             self.control,
         )?;
         t.lease_ttl = self.lease_ttl.max(2);
+        t.etcd_tls = self.etcd_tls;
         Ok(t)
     }
 }

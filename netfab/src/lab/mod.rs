@@ -8,6 +8,7 @@ pub mod bench;
 pub mod demo;
 pub mod procs;
 pub mod sh;
+pub mod tls;
 pub mod topology;
 pub mod wiring;
 
@@ -55,6 +56,10 @@ pub fn up(topo: &Topology, bpf_object: Option<&Path>) -> Result<Topology> {
     }
     let result = build(topo.clone(), bpf_object);
     if let Err(e) = &result {
+        if std::env::var_os("NETFAB_LAB_KEEP_ON_FAILURE").is_some() {
+            say(format!("setting up failed ({e:#}); kept for inspection"));
+            return result;
+        }
         say(format!(
             "setting up failed ({e:#}); tearing down what was built"
         ));
@@ -82,6 +87,9 @@ fn build(mut topo: Topology, bpf_object: Option<&Path>) -> Result<Topology> {
     if topo.control == Control::Etcd {
         say(format!("etcd in {} at {}", topo.etcd_ns(), topo.etcd_url()));
         wiring::etcd_host(&topo)?;
+        if topo.etcd_tls {
+            tls::generate(&procs::tls_dir(&topo))?;
+        }
         procs::start_etcd(&topo)?;
         for n in 1..=topo.networks {
             let c = topo.network_config(n);
@@ -170,8 +178,9 @@ pub fn netfab_cli(topo: &Topology, args: &[&str]) -> Result<String> {
             "--netns",
             &topo.etcd_ns(),
             "--etcd-endpoints",
-            "http://127.0.0.1:2379",
+            &topo.etcd_local_url(),
         ])
+        .args(procs::tls_client_args(topo))
         .output()
         .context("running netfab")?;
     if !out.status.success() {
@@ -186,9 +195,22 @@ pub fn netfab_cli(topo: &Topology, args: &[&str]) -> Result<String> {
 
 /// Runs etcdctl against the lab's etcd.
 pub fn etcdctl(topo: &Topology, args: &[&str]) -> Result<String> {
-    let mut a = vec!["etcdctl", "--endpoints", "http://127.0.0.1:2379"];
-    a.extend_from_slice(args);
-    sh::in_ns(&topo.etcd_ns(), a[0], &a[1..])
+    let url = topo.etcd_local_url();
+    let mut a: Vec<String> = vec!["--endpoints".into(), url];
+    if topo.etcd_tls {
+        let f = tls::files(&procs::tls_dir(topo));
+        for (flag, p) in [
+            ("--cacert", f.ca),
+            ("--cert", f.client_cert),
+            ("--key", f.client_key),
+        ] {
+            a.push(flag.into());
+            a.push(p.to_string_lossy().into_owned());
+        }
+    }
+    a.extend(args.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+    sh::in_ns(&topo.etcd_ns(), "etcdctl", &refs)
 }
 
 pub fn write_endpoints(topo: &Topology, h: u32) -> Result<()> {

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{
-    state_dir,
+    state_dir, tls,
     topology::{Control, Topology},
 };
 
@@ -74,6 +74,7 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
             cmd.arg("--state-file").arg(dir.join(format!("h{h}.json")));
         }
         Control::Etcd => {
+            cmd.args(tls_client_args(topo));
             cmd.args(["--etcd-endpoints", &topo.etcd_url()])
                 .args(["--lease-ttl", &topo.lease_ttl.to_string()])
                 .arg("--endpoints-file")
@@ -100,7 +101,7 @@ pub fn start_etcd(topo: &Topology) -> Result<u32> {
         .arg(&data)
         .args([
             "--listen-client-urls",
-            &format!("{},http://127.0.0.1:2379", topo.etcd_url()),
+            &format!("{},{}", topo.etcd_url(), topo.etcd_local_url()),
             "--advertise-client-urls",
             &topo.etcd_url(),
             "--listen-peer-urls",
@@ -112,7 +113,38 @@ pub fn start_etcd(topo: &Topology) -> Result<u32> {
             "--log-level",
             "warn",
         ]);
+    if topo.etcd_tls {
+        let f = tls::files(&tls_dir(topo));
+        cmd.arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(&f.ca)
+            .arg("--cert-file")
+            .arg(&f.server_cert)
+            .arg("--key-file")
+            .arg(&f.server_key);
+    }
     spawn(&topo.name, "etcd", cmd)
+}
+
+pub fn tls_dir(topo: &Topology) -> PathBuf {
+    state_dir(&topo.name).join("tls")
+}
+
+/// The client TLS flags for netfab commands talking to the lab's etcd.
+pub fn tls_client_args(topo: &Topology) -> Vec<String> {
+    if !topo.etcd_tls {
+        return Vec::new();
+    }
+    let f = tls::files(&tls_dir(topo));
+    let p = |p: PathBuf| p.to_string_lossy().into_owned();
+    vec![
+        "--etcd-ca".into(),
+        p(f.ca),
+        "--etcd-cert".into(),
+        p(f.client_cert),
+        "--etcd-key".into(),
+        p(f.client_key),
+    ]
 }
 
 fn read_pid(lab: &str, proc_name: &str) -> Option<i32> {

@@ -59,6 +59,9 @@ pub struct Topology {
     pub networks: u32,
     pub control: Control,
     pub lease_ttl: u32,
+    /// etcd serves TLS and requires client certificates.
+    #[serde(default)]
+    pub etcd_tls: bool,
     /// Known host subnets (all of them once the lab is up).
     pub subnets: Vec<HostSubnet>,
 }
@@ -94,6 +97,7 @@ impl Topology {
             networks,
             control,
             lease_ttl: 10,
+            etcd_tls: false,
             subnets: Vec::new(),
         };
         if control == Control::Static {
@@ -118,8 +122,19 @@ impl Topology {
     pub fn etcd_ns(&self) -> String {
         format!("{}-etcd", self.name)
     }
+    fn scheme(&self) -> &'static str {
+        if self.etcd_tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
     pub fn etcd_url(&self) -> String {
-        format!("http://{ETCD_IP}:2379")
+        format!("{}://{ETCD_IP}:2379", self.scheme())
+    }
+    /// etcd as seen from inside its own namespace.
+    pub fn etcd_local_url(&self) -> String {
+        format!("{}://127.0.0.1:2379", self.scheme())
     }
     pub fn host_ns(&self, h: u32) -> String {
         format!("{}-h{h}", self.name)

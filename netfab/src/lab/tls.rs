@@ -1,0 +1,114 @@
+//! A throw-away PKI for the lab's etcd with TLS: a CA, a server certificate
+//! for etcd's addresses (also valid as a client certificate: etcd 3.4's
+//! internal gateway dials itself with it) and one client certificate.
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use super::{sh::run, topology::ETCD_IP};
+
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+pub fn files(dir: &Path) -> TlsFiles {
+    TlsFiles {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server-key.pem"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client-key.pem"),
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("lab paths are UTF-8")
+}
+
+pub fn generate(dir: &Path) -> Result<TlsFiles> {
+    std::fs::create_dir_all(dir)?;
+    let f = files(dir);
+    let ca_key = dir.join("ca-key.pem");
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            s(&ca_key),
+            "-out",
+            s(&f.ca),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=netfab-lab-ca",
+        ],
+    )?;
+    let sign = |cn: &str, cert: &Path, key: &Path, ext: &str| -> Result<()> {
+        let csr = dir.join(format!("{cn}.csr"));
+        let extfile = dir.join(format!("{cn}.ext"));
+        std::fs::write(&extfile, ext)?;
+        run(
+            "openssl",
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                s(key),
+                "-out",
+                s(&csr),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        )?;
+        run(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                s(&csr),
+                "-CA",
+                s(&f.ca),
+                "-CAkey",
+                s(&ca_key),
+                "-CAcreateserial",
+                "-out",
+                s(cert),
+                "-days",
+                "2",
+                "-extfile",
+                s(&extfile),
+            ],
+        )?;
+        Ok(())
+    };
+    sign(
+        "etcd",
+        &f.server_cert,
+        &f.server_key,
+        &format!(
+            "subjectAltName=IP:{ETCD_IP},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+        ),
+    )?;
+    sign(
+        "netfab",
+        &f.client_cert,
+        &f.client_key,
+        "extendedKeyUsage=clientAuth\n",
+    )?;
+    Ok(f)
+}
