@@ -33,6 +33,7 @@ pub mod maps {
 pub mod programs {
     pub const FROM_CONTAINER: &str = "from_container";
     pub const FROM_OVERLAY: &str = "from_overlay";
+    pub const FROM_UNDERLAY: &str = "from_underlay";
 }
 
 pub const MAX_ENDPOINTS: u32 = 16384;
@@ -74,8 +75,8 @@ pub struct RemoteSubnet {
 }
 const _: () = assert!(size_of::<RemoteSubnet>() == 16);
 
-/// Reach the peer without encapsulation (same L2 segment). Reserved for the
-/// direct-routing mode; the VXLAN path ignores it.
+/// Reach the peer without encapsulation: it shares this host's L2 segment,
+/// so the packet goes to its underlay IP as is (`bpf_redirect_neigh`).
 pub const REMOTE_F_DIRECT: u16 = 1;
 
 /// Value of the known-hosts map (key: underlay IPv4, host byte order).
@@ -101,11 +102,13 @@ pub struct HostConfig {
     /// ifindex of this host's collect-metadata VXLAN device; 0 = not ready,
     /// remote traffic then goes to the stack.
     pub vxlan_ifindex: u32,
-    /// MAC of that device: the inner source MAC of encapsulated frames.
+    /// ifindex of the underlay interface, for direct routing; 0 = off.
+    pub underlay_ifindex: u32,
+    /// MAC of the VXLAN device: the inner source MAC of encapsulated frames.
     pub vxlan_mac: [u8; 6],
     pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<HostConfig>() == 12);
+const _: () = assert!(size_of::<HostConfig>() == 16);
 
 /// Packets and bytes, per CPU, per [`Direction`].
 #[repr(C)]
@@ -128,15 +131,21 @@ pub enum Direction {
     FromOverlay = 2,
     /// From a container, handed to the host stack (host, outside, non-IPv4).
     ToStack = 3,
+    /// From a container, routed unencapsulated to a peer on the same L2.
+    ToDirect = 4,
+    /// Arrived unencapsulated from a direct peer, delivered to a container.
+    FromDirect = 5,
 }
 
 impl Direction {
-    pub const COUNT: u32 = 4;
-    pub const ALL: [Direction; 4] = [
+    pub const COUNT: u32 = 6;
+    pub const ALL: [Direction; 6] = [
         Direction::LocalDelivery,
         Direction::ToOverlay,
         Direction::FromOverlay,
         Direction::ToStack,
+        Direction::ToDirect,
+        Direction::FromDirect,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -145,6 +154,8 @@ impl Direction {
             Direction::ToOverlay => "to_overlay",
             Direction::FromOverlay => "from_overlay",
             Direction::ToStack => "to_stack",
+            Direction::ToDirect => "to_direct",
+            Direction::FromDirect => "from_direct",
         }
     }
 }
@@ -175,11 +186,14 @@ pub enum DropReason {
     HelperFailed = 9,
     /// Non-IPv4 frame arriving from the overlay.
     NotIpv4 = 10,
+    /// Unencapsulated packet for a container from a source that is not a
+    /// direct-routing peer's subnet.
+    NotDirectPeer = 11,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 11;
-    pub const ALL: [DropReason; 11] = [
+    pub const COUNT: u32 = 12;
+    pub const ALL: [DropReason; 12] = [
         DropReason::Truncated,
         DropReason::BadIpHeader,
         DropReason::SpoofedSource,
@@ -191,6 +205,7 @@ impl DropReason {
         DropReason::NetworkMismatch,
         DropReason::HelperFailed,
         DropReason::NotIpv4,
+        DropReason::NotDirectPeer,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -206,6 +221,7 @@ impl DropReason {
             DropReason::NetworkMismatch => "network_mismatch",
             DropReason::HelperFailed => "helper_failed",
             DropReason::NotIpv4 => "not_ipv4",
+            DropReason::NotDirectPeer => "not_direct_peer",
         }
     }
 }

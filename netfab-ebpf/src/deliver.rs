@@ -2,11 +2,11 @@
 use aya_ebpf::{
     bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, maps::lpm_trie::Key, programs::TcContext,
 };
-use netfab_common::{Direction, DropReason, Endpoint};
+use netfab_common::{Direction, DropReason, Endpoint, REMOTE_F_DIRECT};
 
 use crate::{
     counters::{count, Verdict},
-    drop_with, encap,
+    direct, drop_with, encap,
     maps::{ENDPOINTS, REMOTE_SUBNETS},
     packet::{parse, Ipv4Frame, Parsed},
     to_stack,
@@ -38,6 +38,11 @@ pub fn try_from_container(ctx: &TcContext) -> Result<Verdict, Verdict> {
             return Err(drop_with(DropReason::NetworkMismatch));
         }
         let remote = *remote;
+        if remote.flags & REMOTE_F_DIRECT != 0 {
+            if let Some(v) = direct::to_peer(ctx, &frame, &remote) {
+                return v;
+            }
+        }
         return encap::to_overlay(ctx, &frame, &remote);
     }
 

@@ -7,6 +7,8 @@
 //!   collect-metadata VXLAN device, or hands the packet to the host stack.
 //! - `from_overlay` (TC ingress of the VXLAN device): accepts frames only from
 //!   known hosts on served VNIs and delivers them into the container.
+//! - `from_underlay` (TC ingress of the underlay interface, direct routing):
+//!   delivers unencapsulated packets from peers on the same L2 segment.
 //!
 //! Design note: encapsulation is done by the kernel's VXLAN device in
 //! collect-metadata mode, not by building headers here, because that path keeps
@@ -17,6 +19,7 @@
 
 mod counters;
 mod deliver;
+mod direct;
 mod encap;
 mod maps;
 mod packet;
@@ -29,6 +32,13 @@ use counters::{count, Verdict};
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
     match deliver::try_from_container(&ctx) {
+        Ok(v) | Err(v) => v.finish(&ctx),
+    }
+}
+
+#[classifier]
+pub fn from_underlay(ctx: TcContext) -> i32 {
+    match direct::try_from_underlay(&ctx) {
         Ok(v) | Err(v) => v.finish(&ctx),
     }
 }

@@ -4,6 +4,7 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::{bail, Context, Result};
 use futures::TryStreamExt;
+use ipnet::Ipv4Net;
 use netlink_packet_route::{
     address::AddressAttribute,
     link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
@@ -109,6 +110,40 @@ impl Netlink {
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
             Err(e) => Err(e).with_context(|| format!("looking up link {name}")),
         }
+    }
+
+    /// The underlay interface and its first IPv4 address (with prefix).
+    pub async fn underlay(&self, name: &str) -> Result<(LinkDetail, Ipv4Net)> {
+        let link = self
+            .link(name)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("underlay interface {name} not found"))?;
+        let net = self
+            .ipv4_nets(link.facts.ifindex)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("underlay interface {name} has no IPv4 address"))?;
+        Ok((link, net))
+    }
+
+    /// IPv4 addresses with their prefix length.
+    pub async fn ipv4_nets(&self, ifindex: u32) -> Result<Vec<Ipv4Net>> {
+        let mut out = Vec::new();
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ifindex)
+            .execute();
+        while let Some(msg) = s.try_next().await.context("listing addresses")? {
+            for a in &msg.attributes {
+                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = a {
+                    out.push(Ipv4Net::new(*ip, msg.header.prefix_len)?);
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub async fn ipv4_addrs(&self, ifindex: u32) -> Result<Vec<Ipv4Addr>> {

@@ -48,6 +48,9 @@ pub struct RemoteHostSubnet {
     pub vni: u32,
     pub underlay_ip: Ipv4Addr,
     pub vtep_mac: MacAddr,
+    /// Route without encapsulation: the peer shares this host's L2 segment.
+    #[serde(default)]
+    pub direct: bool,
 }
 
 /// A container attached on this host.

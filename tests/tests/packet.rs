@@ -15,7 +15,7 @@ use netfab::dataplane::ebpf::{
     object,
     tables::Tables,
 };
-use netfab_common::{Endpoint, HostConfig, KnownHost, NetworkInfo, RemoteSubnet};
+use netfab_common::{Endpoint, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, REMOTE_F_DIRECT};
 use netfab_tests::{
     frames::{checksum, ethernet, ipv4_icmp, ETH_P_ARP, ETH_P_IP},
     require_privileges,
@@ -54,7 +54,7 @@ impl TestDatapath {
             .default_map_pin_directory(&pin_dir)
             .load_file(object::locate(None).unwrap())
             .expect("loading object");
-        for name in ["from_container", "from_overlay"] {
+        for name in ["from_container", "from_overlay", "from_underlay"] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load()
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
@@ -98,7 +98,8 @@ const VTEP_LOCAL: [u8; 6] = [0x0e, 0x6e, 100, 64, 0, 1];
 const VTEP_REMOTE: [u8; 6] = [0x0e, 0x6e, 100, 64, 0, 2];
 
 /// A (10.0.0.2) sits on the interface the test runs on; B (10.0.0.3) on
-/// ifindex 42; C (10.0.0.4) is in another network; 10.0.1.0/24 is remote.
+/// ifindex 42; C (10.0.0.4) is in another network; 10.0.1.0/24 is remote
+/// behind VXLAN, 10.0.2.0/24 remote on the same L2 (direct routing).
 fn tables() -> Tables {
     let mut t = Tables::default();
     let ep = |ifindex, vni, mac| Endpoint {
@@ -122,8 +123,18 @@ fn tables() -> Tables {
     );
     t.known_hosts.insert(ip("100.64.0.2"), KnownHost::default());
     t.networks.insert(VNI, NetworkInfo::default());
+    t.remote_subnets.insert(
+        "10.0.2.0/24".parse().unwrap(),
+        RemoteSubnet {
+            underlay_ip: u32::from(ip("100.64.0.3")),
+            vni: VNI,
+            vtep_mac: VTEP_REMOTE,
+            flags: REMOTE_F_DIRECT,
+        },
+    );
     t.host_config = HostConfig {
         vxlan_ifindex: 44,
+        underlay_ifindex: 45,
         vxlan_mac: VTEP_LOCAL,
         _pad: [0; 2],
     };
@@ -255,4 +266,52 @@ fn malformed_and_unauthorised_packets_are_dropped_with_their_reason() {
         assert_eq!(drops, vec![(reason, 1)], "{reason}: drop counters");
         assert!(traffic.is_empty(), "{reason}: {traffic:?}");
     }
+}
+
+#[test]
+fn direct_peers_are_routed_without_encapsulation_both_ways() {
+    require_privileges!();
+    let mut dp = TestDatapath::load();
+    let before = dp.counters();
+    let (verdict, out) = dp.run("from_container", &icmp_frame("10.0.0.2", "10.0.2.7", 64));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out[14 + 8], 63, "routed: TTL decremented");
+    assert_eq!(
+        &out[14 + 16..14 + 20],
+        &[10, 0, 2, 7],
+        "no encapsulation, same packet"
+    );
+    // Arriving on the underlay from that peer's container: into ours.
+    let inbound = ethernet(
+        [0x02; 6],
+        [0x04; 6],
+        ETH_P_IP,
+        &ipv4_icmp(ip("10.0.2.7"), ip("10.0.0.3"), 63),
+    );
+    let (verdict, out) = dp.run("from_underlay", &inbound);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..6], &B_MAC);
+    let (traffic, drops) = delta(&before, &dp.counters());
+    assert_eq!(traffic, vec![("from_direct", 1), ("to_direct", 1)]);
+    assert!(drops.is_empty(), "{drops:?}");
+
+    // Host traffic on the underlay is left alone; a container-bound packet
+    // from a VXLAN-only peer's subnet is not accepted unencapsulated.
+    let host_traffic = ethernet(
+        [0x02; 6],
+        [0x04; 6],
+        ETH_P_IP,
+        &ipv4_icmp(ip("100.64.0.3"), ip("100.64.0.1"), 64),
+    );
+    assert_eq!(dp.run("from_underlay", &host_traffic).0, TC_ACT_OK);
+    let before = dp.counters();
+    let sneaky = ethernet(
+        [0x02; 6],
+        [0x04; 6],
+        ETH_P_IP,
+        &ipv4_icmp(ip("10.0.1.9"), ip("10.0.0.3"), 64),
+    );
+    assert_eq!(dp.run("from_underlay", &sneaky).0, TC_ACT_SHOT);
+    let (_, drops) = delta(&before, &dp.counters());
+    assert_eq!(drops, vec![("not_direct_peer", 1)]);
 }

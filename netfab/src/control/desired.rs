@@ -58,6 +58,7 @@ pub fn desired_state(
                 vni: cfg.vni,
                 underlay_ip: lease.underlay_ip,
                 vtep_mac: lease.vtep_mac,
+                direct: false,
             });
         }
     }

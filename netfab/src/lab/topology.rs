@@ -239,6 +239,7 @@ impl Topology {
                     vni: n,
                     underlay_ip: self.host_ip(o),
                     vtep_mac: MacAddr::vtep_for(self.host_ip(o)),
+                    direct: false,
                 })
                 .collect(),
             endpoints: self

@@ -69,7 +69,11 @@ impl EbpfDataplane {
             .default_map_pin_directory(pin_dir)
             .load_file(object)
             .with_context(|| format!("loading eBPF object {}", object.display()))?;
-        for name in [programs::FROM_CONTAINER, programs::FROM_OVERLAY] {
+        for name in [
+            programs::FROM_CONTAINER,
+            programs::FROM_OVERLAY,
+            programs::FROM_UNDERLAY,
+        ] {
             classifier(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("verifying/loading program {name}"))?;
@@ -92,60 +96,44 @@ impl EbpfDataplane {
         &self.maps
     }
 
-    async fn ensure_vxlan(&self, state: &DesiredState) -> Result<LinkFacts> {
-        let underlay = self
-            .netlink
-            .link(&state.underlay_interface)
-            .await?
-            .ok_or_else(|| anyhow!("underlay interface {} not found", state.underlay_interface))?;
-        let ip = self
-            .netlink
-            .ipv4_addrs(underlay.facts.ifindex)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                anyhow!(
-                    "underlay interface {} has no IPv4 address",
-                    state.underlay_interface
-                )
-            })?;
+    /// Creates or adopts the VXLAN device; returns it and the underlay's ifindex.
+    async fn ensure_vxlan(&self, state: &DesiredState) -> Result<(LinkFacts, u32)> {
+        let (underlay, ip) = self.netlink.underlay(&state.underlay_interface).await?;
         let spec = VxlanSpec {
             name: state.vxlan_device.clone(),
             port: state.vxlan_port,
             underlay_ifindex: underlay.facts.ifindex,
-            mac: MacAddr::vtep_for(ip),
+            mac: MacAddr::vtep_for(ip.addr()),
             mtu: underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
         };
-        self.netlink.ensure_vxlan(&spec).await
+        Ok((
+            self.netlink.ensure_vxlan(&spec).await?,
+            underlay.facts.ifindex,
+        ))
     }
 
-    /// Attaches (or re-attaches) the programs and drops pins of interfaces
-    /// that are no longer wanted.
-    fn attach_all(&mut self, vxlan_dev: &str, veths: &BTreeSet<String>) -> Result<usize> {
+    /// Attaches (or re-attaches) each program to its interface and drops
+    /// pins of interfaces that are no longer wanted.
+    fn attach_all(&mut self, wanted: &[(String, &'static str)]) -> Result<usize> {
         let dir = links_dir(&self.pin_dir);
         let mut n = 0;
-        let prog = classifier(&mut self.ebpf, programs::FROM_OVERLAY)?;
-        attach::attach_ingress(prog, vxlan_dev, &attach::link_pin_path(&dir, vxlan_dev))?;
-        n += 1;
-        let prog = classifier(&mut self.ebpf, programs::FROM_CONTAINER)?;
-        for ifname in veths {
+        for (ifname, program) in wanted {
+            let prog = classifier(&mut self.ebpf, program)?;
             match attach::attach_ingress(prog, ifname, &attach::link_pin_path(&dir, ifname)) {
                 Ok(_) => n += 1,
                 Err(e) => warn!("{ifname}: {e:#}"),
             }
         }
-        let wanted: BTreeSet<String> = veths
+        let names: BTreeSet<String> = wanted
             .iter()
-            .chain(std::iter::once(&vxlan_dev.to_string()))
-            .map(|i| attach::link_pin_name(i))
+            .map(|(i, _)| attach::link_pin_name(i))
             .collect();
         for entry in
             std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
         {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !wanted.contains(&name) {
+            if !names.contains(&name) {
                 info!("detaching stale link {name}");
                 attach::detach(&entry.path())?;
             }
@@ -185,21 +173,33 @@ fn spawn_log_reader(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
 
 impl Dataplane for EbpfDataplane {
     async fn apply(&mut self, state: &DesiredState) -> Result<ApplyReport> {
-        let vxlan = self.ensure_vxlan(state).await?;
+        let (vxlan, underlay_ifindex) = self.ensure_vxlan(state).await?;
         let links = self.netlink.links().await?;
         let facts: HashMap<String, LinkFacts> =
             links.into_iter().map(|(n, d)| (n, d.facts)).collect();
-        let (tables, skipped) = tables::desired_tables(state, &facts, Some(vxlan));
+        let (tables, skipped) =
+            tables::desired_tables(state, &facts, Some(vxlan), underlay_ifindex);
         // Maps before attachments: a new container's first packet must find
         // its endpoint entry, or it would be dropped as spoofed.
         let (map_upserts, map_removals) = self.maps.apply(&tables)?;
-        let veths: BTreeSet<String> = state
+        let mut wanted: Vec<(String, &'static str)> =
+            vec![(state.vxlan_device.clone(), programs::FROM_OVERLAY)];
+        // The underlay only needs a program when some peer is reached directly.
+        if state.remotes.iter().any(|r| r.direct) {
+            wanted.push((state.underlay_interface.clone(), programs::FROM_UNDERLAY));
+        }
+        let veths: BTreeSet<&String> = state
             .endpoints
             .iter()
             .filter(|e| facts.contains_key(&e.host_ifname))
-            .map(|e| e.host_ifname.clone())
+            .map(|e| &e.host_ifname)
             .collect();
-        let attached = self.attach_all(&state.vxlan_device, &veths)?;
+        wanted.extend(
+            veths
+                .into_iter()
+                .map(|v| (v.clone(), programs::FROM_CONTAINER)),
+        );
+        let attached = self.attach_all(&wanted)?;
         Ok(ApplyReport {
             map_upserts,
             map_removals,

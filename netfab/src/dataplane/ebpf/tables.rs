@@ -6,7 +6,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use netfab_common::{Endpoint, HostConfig, KnownHost, NetworkInfo, RemoteSubnet};
+use netfab_common::{Endpoint, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, REMOTE_F_DIRECT};
 
 use crate::{addr::MacAddr, state::DesiredState};
 
@@ -32,6 +32,7 @@ pub fn desired_tables(
     state: &DesiredState,
     links: &HashMap<String, LinkFacts>,
     vxlan: Option<LinkFacts>,
+    underlay_ifindex: u32,
 ) -> (Tables, Vec<String>) {
     let mut skipped = Vec::new();
     let mut t = Tables::default();
@@ -61,7 +62,7 @@ pub fn desired_tables(
                 underlay_ip: u32::from(r.underlay_ip),
                 vni: r.vni,
                 vtep_mac: r.vtep_mac.0,
-                flags: 0,
+                flags: if r.direct { REMOTE_F_DIRECT } else { 0 },
             },
         );
         t.known_hosts.insert(r.underlay_ip, KnownHost::default());
@@ -72,6 +73,7 @@ pub fn desired_tables(
     if let Some(v) = vxlan {
         t.host_config = HostConfig {
             vxlan_ifindex: v.ifindex,
+            underlay_ifindex,
             vxlan_mac: v.mac.0,
             _pad: [0; 2],
         };
@@ -103,7 +105,7 @@ mod tests {
             ifindex: 3,
             mac: MacAddr::vtep_for("100.64.0.1".parse().unwrap()),
         };
-        let (t, skipped) = desired_tables(&state(), &links, Some(vx));
+        let (t, skipped) = desired_tables(&state(), &links, Some(vx), 9);
 
         let ep = t.endpoints[&"10.244.1.2".parse::<Ipv4Addr>().unwrap()];
         assert_eq!((ep.ifindex, ep.vni, ep.gw_mac), (7, 5, mac.0));
@@ -124,7 +126,7 @@ mod tests {
 
     #[test]
     fn no_vxlan_device_means_not_ready() {
-        let (t, _) = desired_tables(&state(), &HashMap::new(), None);
+        let (t, _) = desired_tables(&state(), &HashMap::new(), None, 0);
         assert_eq!(t.host_config.vxlan_ifindex, 0);
         assert!(t.endpoints.is_empty());
     }
