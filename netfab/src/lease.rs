@@ -101,6 +101,7 @@ mod tests {
             vni: 1,
             port: 4789,
             dataplane: DataplanePref::Auto,
+            direct_routing: true,
         }
     }
     fn s(x: &str) -> Ipv4Net {

@@ -32,6 +32,13 @@ enum Cmd {
         #[arg(long, global = true)]
         netns: Option<String>,
     },
+    /// What the agent runs: dataplane and why, and per peer the path taken.
+    Status {
+        #[arg(long, default_value = "/run/netfab/status.json")]
+        status_file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove everything the dataplane created on this host.
     Cleanup(HostArgs),
     /// Show the datapath's packet, byte and drop counters.
@@ -51,6 +58,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Agent(a) => commands::agent::run(a),
         Cmd::Network { cmd, etcd, netns } => commands::network::run(cmd, etcd, netns),
+        Cmd::Status { status_file, json } => commands::agent::show_status(status_file, json),
         Cmd::Cleanup(h) => commands::agent::cleanup(h),
         Cmd::Stats { host, json } => commands::agent::show_stats(host, json),
         Cmd::Lab(cmd) => commands::lab::run(cmd),

@@ -42,6 +42,13 @@ pub struct NetworkConfig {
     pub port: u16,
     #[serde(default)]
     pub dataplane: DataplanePref,
+    /// Route without encapsulation between hosts on one L2 segment.
+    #[serde(default = "yes")]
+    pub direct_routing: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_port() -> u16 {
@@ -159,6 +166,7 @@ mod tests {
             vni,
             port: 4789,
             dataplane: DataplanePref::Auto,
+            direct_routing: true,
         }
     }
 

@@ -29,6 +29,13 @@ pub struct DesiredState {
     pub remotes: Vec<RemoteHostSubnet>,
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
+    /// Source-NAT container traffic leaving the cluster to this host's address.
+    #[serde(default)]
+    pub masquerade: bool,
+    /// Every network's CIDR: traffic to these is never NATed, and traffic
+    /// between two of them is dropped on the stack-routed backends.
+    #[serde(default)]
+    pub cluster_cidrs: Vec<Ipv4Net>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

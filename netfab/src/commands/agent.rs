@@ -1,17 +1,18 @@
-//! `netfab agent`, `netfab cleanup`, `netfab stats`.
+//! `netfab agent`, `netfab status`, `netfab cleanup`, `netfab stats`.
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use log::info;
 use netfab::{
     agent::{self, AgentConfig},
-    control::{ControlConfig, Controller},
+    control::{status, ControlConfig, Controller},
     dataplane::{
-        ebpf::{self, object, EbpfDataplane},
+        ebpf::{self, object},
+        select::{self, Choice},
         Dataplane,
     },
-    netlink::Netlink,
+    netlink::{Netlink, VXLAN_OVERHEAD},
     netns, stats,
 };
 
@@ -32,12 +33,22 @@ pub struct AgentArgs {
     /// The interface whose IPv4 address is this host's tunnel endpoint.
     #[arg(long, default_value = "eth0")]
     underlay_interface: String,
+    /// Which dataplane: `auto` uses eBPF when it really works here, else
+    /// kernel VXLAN.
+    #[arg(long, value_enum, default_value_t = Choice::Auto)]
+    dataplane: Choice,
+    /// Source-NAT container traffic to destinations outside the cluster.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    ip_masq: bool,
     /// Local containers (JSON), in etcd mode.
     #[arg(long, default_value = "/run/netfab/endpoints.json")]
     endpoints_file: PathBuf,
     /// Where to write the subnets this host leased (JSON), in etcd mode.
     #[arg(long)]
     lease_file: Option<PathBuf>,
+    /// Where to write what `netfab status` shows.
+    #[arg(long, default_value = "/run/netfab/status.json")]
+    status_file: PathBuf,
     /// TTL of this host's leases in etcd, seconds.
     #[arg(long, default_value_t = 30)]
     lease_ttl: i64,
@@ -56,53 +67,71 @@ pub fn run(a: AgentArgs) -> Result<()> {
     }
     let node = node_name(a.node.as_deref(), a.host.netns.as_deref());
     let pins = pin_dir(&a.host, &node);
-    let object = object::locate(a.bpf_object.as_deref())?;
     let resync = Duration::from_secs(a.resync_secs.max(1));
     if a.lease_ttl < 2 {
         bail!("--lease-ttl must be at least 2 seconds");
     }
     runtime()?.block_on(async move {
         if let Some(state_file) = a.state_file {
+            let bpf_object = object::locate(a.bpf_object.as_deref())?;
             let cfg = AgentConfig {
                 state_file,
                 pin_dir: pins,
-                bpf_object: object,
+                bpf_object,
                 resync,
                 poll: Duration::from_millis(200),
             };
             return agent::run(cfg, shutdown_signal()).await;
         }
-        let underlay_ip = underlay_ip(&a.underlay_interface).await?;
-        let mut dp = EbpfDataplane::load(&object, &pins)?;
+        let nl = Netlink::connect()?;
+        let (underlay, underlay_net) = nl.underlay(&a.underlay_interface).await?;
+        let sel =
+            select::select(a.dataplane, object::locate(a.bpf_object.as_deref()), &pins).await?;
+        let mut dp = sel.dataplane;
+        // Without VXLAN (host-gw) a container can use the whole underlay MTU.
+        let overhead = if dp.name() == "host-gw" {
+            0
+        } else {
+            VXLAN_OVERHEAD
+        };
+        let container_mtu = underlay.mtu.saturating_sub(overhead);
         info!(
-            "node {node}: dataplane {} loaded, underlay {underlay_ip}",
+            "node {node}: dataplane {}, underlay {underlay_net}, container MTU {container_mtu}",
             dp.name()
         );
+        if let Some(dir) = a.status_file.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         let cfg = ControlConfig {
             etcd: a.etcd.config(),
             node,
             underlay_interface: a.underlay_interface,
-            underlay_ip,
+            underlay_ip: underlay_net.addr(),
             lease_ttl: a.lease_ttl,
             resync,
             endpoints_file: a.endpoints_file,
             lease_file: a.lease_file,
+            status_file: Some(a.status_file),
+            dataplane_reason: sel.reason,
+            underlay_net: Some(underlay_net),
+            container_mtu,
+            masquerade: a.ip_masq,
         };
         Controller::new(cfg, &mut dp).run(shutdown_signal()).await
     })
 }
 
-async fn underlay_ip(iface: &str) -> Result<std::net::Ipv4Addr> {
-    let nl = Netlink::connect()?;
-    let link = nl
-        .link(iface)
-        .await?
-        .ok_or_else(|| anyhow!("underlay interface {iface} not found"))?;
-    nl.ipv4_addrs(link.facts.ifindex)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("underlay interface {iface} has no IPv4 address"))
+pub fn show_status(file: PathBuf, json: bool) -> Result<()> {
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("reading {} (is the agent running?)", file.display()))?;
+    if json {
+        println!("{text}");
+        return Ok(());
+    }
+    let st: status::Status = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{} is not a status file: {e}", file.display()))?;
+    print!("{}", status::render(&st));
+    Ok(())
 }
 
 pub fn cleanup(h: HostArgs) -> Result<()> {

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use netfab::dataplane::select::Choice;
 use netfab::lab::{
     self,
     topology::{Control, Topology},
@@ -33,6 +34,18 @@ pub struct LabShape {
     /// etcd with TLS and client certificates.
     #[arg(long)]
     etcd_tls: bool,
+    /// Underlay L2 segments joined by a router; hosts alternate between them.
+    #[arg(long, default_value_t = 1)]
+    segments: u32,
+    /// Every agent's --dataplane.
+    #[arg(long, value_enum, default_value_t = Choice::Auto)]
+    dataplane: Choice,
+    /// Hosts (comma separated) whose agent runs without CAP_BPF/CAP_SYS_ADMIN.
+    #[arg(long, value_delimiter = ',')]
+    no_bpf_hosts: Vec<u32>,
+    /// Direct routing between hosts on one segment.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    direct_routing: bool,
     #[arg(long, env = "NETFAB_BPF_OBJECT")]
     bpf_object: Option<PathBuf>,
 }
@@ -48,6 +61,10 @@ impl LabShape {
         )?;
         t.lease_ttl = self.lease_ttl.max(2);
         t.etcd_tls = self.etcd_tls;
+        t.segments = self.segments.clamp(1, 8);
+        t.dataplane = self.dataplane;
+        t.no_bpf_hosts = self.no_bpf_hosts.clone();
+        t.direct_routing = self.direct_routing;
         Ok(t)
     }
 }

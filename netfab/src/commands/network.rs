@@ -27,6 +27,9 @@ pub enum NetworkCmd {
         port: u16,
         #[arg(long, value_enum, default_value_t = Pref::Auto)]
         dataplane: Pref,
+        /// Route without encapsulation between hosts on one L2 segment.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        direct_routing: bool,
     },
     List,
     Show {
@@ -71,6 +74,7 @@ pub fn run(cmd: NetworkCmd, etcd: EtcdArgs, netns_name: Option<String>) -> Resul
                 vni,
                 port,
                 dataplane,
+                direct_routing,
             } => {
                 let cfg = NetworkConfig {
                     name,
@@ -79,6 +83,7 @@ pub fn run(cmd: NetworkCmd, etcd: EtcdArgs, netns_name: Option<String>) -> Resul
                     vni,
                     port,
                     dataplane: dataplane.into(),
+                    direct_routing,
                 };
                 store.create_network(&cfg).await?;
                 println!(

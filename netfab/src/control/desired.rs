@@ -11,11 +11,15 @@ use crate::{
     store::Snapshot,
 };
 
+/// `underlay_net` is this host's underlay address with its prefix: peers
+/// inside it share the L2 segment and are routed directly where the network
+/// allows it.
 pub fn desired_state(
     snap: &Snapshot,
     held: &BTreeMap<String, Ipv4Net>,
     endpoints: &[LocalEndpoint],
     underlay_interface: &str,
+    underlay_net: Option<Ipv4Net>,
     node: &str,
 ) -> (DesiredState, Vec<String>) {
     let mut warnings = Vec::new();
@@ -26,6 +30,8 @@ pub fn desired_state(
         networks: Vec::new(),
         remotes: Vec::new(),
         endpoints: Vec::new(),
+        masquerade: false,
+        cluster_cidrs: snap.networks.values().map(|n| n.cidr).collect(),
     };
     let mut port = None;
     for (name, subnet) in held {
@@ -58,7 +64,8 @@ pub fn desired_state(
                 vni: cfg.vni,
                 underlay_ip: lease.underlay_ip,
                 vtep_mac: lease.vtep_mac,
-                direct: false,
+                direct: cfg.direct_routing
+                    && underlay_net.is_some_and(|u| u.trunc().contains(&lease.underlay_ip)),
             });
         }
     }
@@ -152,7 +159,8 @@ mod tests {
             ("a".to_string(), "10.244.1.0/24".parse().unwrap()),
             ("b".to_string(), "10.245.1.0/24".parse().unwrap()),
         ]);
-        let (s, warnings) = desired_state(&snap(), &held, &[ep("10.244.1.2", "a")], "eth0", "h1");
+        let (s, warnings) =
+            desired_state(&snap(), &held, &[ep("10.244.1.2", "a")], "eth0", None, "h1");
         s.validate().unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         let remotes: Vec<(String, u32)> = s
@@ -179,7 +187,7 @@ mod tests {
             ep("10.244.1.2", "a"),
             ep("10.244.1.2", "a"),
         ];
-        let (s, w) = desired_state(&snap(), &held, &eps, "eth0", "h1");
+        let (s, w) = desired_state(&snap(), &held, &eps, "eth0", None, "h1");
         s.validate().unwrap();
         assert_eq!(s.networks.len(), 1, "network c needs another UDP port");
         assert_eq!(s.endpoints.len(), 1);

@@ -9,6 +9,7 @@
 //! start the dataplane is not touched at all, so an agent restarted during an
 //! etcd outage keeps forwarding with what the pinned maps hold.
 pub mod desired;
+pub mod status;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -45,6 +46,16 @@ pub struct ControlConfig {
     pub endpoints_file: PathBuf,
     /// Where the leased subnets are written for local consumers (lab, CNI).
     pub lease_file: Option<PathBuf>,
+    /// Where `netfab status` reads what the agent is doing.
+    pub status_file: Option<PathBuf>,
+    /// Why this dataplane was chosen (shown by `netfab status`).
+    pub dataplane_reason: String,
+    /// The underlay address with its prefix: decides who is on our L2.
+    pub underlay_net: Option<Ipv4Net>,
+    /// MTU containers on this host must use.
+    pub container_mtu: u32,
+    /// Source-NAT container traffic that leaves the cluster.
+    pub masquerade: bool,
 }
 
 /// What the lease file holds.
@@ -52,6 +63,8 @@ pub struct ControlConfig {
 pub struct LeaseFile {
     pub node: String,
     pub subnets: BTreeMap<String, Ipv4Net>,
+    /// MTU for containers on this host.
+    pub mtu: u32,
 }
 
 /// The live connection to etcd; any error drops all of it and the loop
@@ -323,13 +336,15 @@ impl<'a, D: Dataplane> Controller<'a, D> {
 
     async fn apply(&mut self) {
         let Some(snap) = &self.snap else { return };
-        let (state, warnings) = desired::desired_state(
+        let (mut state, warnings) = desired::desired_state(
             snap,
             &self.held,
             &self.endpoints,
             &self.cfg.underlay_interface,
+            self.cfg.underlay_net,
             &self.me.node,
         );
+        state.masquerade = self.cfg.masquerade;
         for w in warnings {
             warn!("{w}");
         }
@@ -342,6 +357,10 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                 for sk in &r.skipped {
                     warn!("not programmed yet: {sk}");
                 }
+                for rf in &r.refused {
+                    error!("{rf}");
+                }
+                self.write_status(snap, &state, &r);
                 if r.map_upserts + r.map_removals > 0 {
                     info!(
                         "applied: {} map upserts, {} removals, {} remotes, {} endpoints",
@@ -357,6 +376,40 @@ impl<'a, D: Dataplane> Controller<'a, D> {
         self.write_lease_file();
     }
 
+    fn write_status(
+        &self,
+        snap: &Snapshot,
+        state: &crate::state::DesiredState,
+        r: &crate::dataplane::ApplyReport,
+    ) {
+        let Some(path) = &self.cfg.status_file else {
+            return;
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let st = status::build(
+            status::StatusInput {
+                node: &self.me.node,
+                dataplane: self.dp.name(),
+                reason: &self.cfg.dataplane_reason,
+                underlay: self.cfg.underlay_net,
+                container_mtu: self.cfg.container_mtu,
+                snap,
+                state,
+                report: r,
+            },
+            now,
+        );
+        let res = serde_json::to_string_pretty(&st)
+            .map_err(anyhow::Error::from)
+            .and_then(|t| endpoints::write_atomic(path, &t));
+        if let Err(e) = res {
+            error!("writing status file: {e:#}");
+        }
+    }
+
     fn write_lease_file(&mut self) {
         let Some(path) = &self.cfg.lease_file else {
             return;
@@ -364,6 +417,7 @@ impl<'a, D: Dataplane> Controller<'a, D> {
         let lf = LeaseFile {
             node: self.me.node.clone(),
             subnets: self.held.clone(),
+            mtu: self.cfg.container_mtu,
         };
         if self.written.as_ref() == Some(&lf) {
             return;

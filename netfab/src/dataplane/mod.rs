@@ -2,6 +2,11 @@
 //! and makes the kernel match it; `ebpf` is the TC datapath. The fallback
 //! backends (kernel VXLAN, host-gw) implement the same trait.
 pub mod ebpf;
+pub mod host;
+pub mod hostgw;
+pub mod iptables;
+pub mod select;
+pub mod vxlan;
 
 use crate::state::DesiredState;
 
@@ -14,6 +19,9 @@ pub struct ApplyReport {
     /// Desired items that could not be programmed yet (for example a container
     /// veth that does not exist), with the reason.
     pub skipped: Vec<String>,
+    /// Desired items this backend refuses (for example a host-gw peer on
+    /// another L2 segment), with the reason.
+    pub refused: Vec<String>,
 }
 
 #[allow(async_fn_in_trait)]

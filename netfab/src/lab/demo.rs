@@ -175,8 +175,21 @@ pub fn run(topo: &Topology, iperf_secs: u32) -> Result<()> {
         let server_ip = topo.container_ip(1, 1).to_string();
         let _server = IperfServer::start(&server_ns, 5201)?;
         let gbps = iperf3(&topo.container_ns(2, 1), &server_ip, 5201, iperf_secs, 1)?;
+        let path = super::read_status(topo, 2)
+            .and_then(|st| {
+                let peer = st
+                    .networks
+                    .first()?
+                    .peers
+                    .iter()
+                    .find(|p| p.subnet.contains(&topo.container_ip(1, 1)))?
+                    .path
+                    .clone();
+                Some(format!("{} dataplane, {peer} path", st.dataplane))
+            })
+            .unwrap_or_else(|| "static eBPF + VXLAN".into());
         say(format!(
-            "iperf3 {} -> {server_ip} (across hosts, eBPF + VXLAN): {gbps:.2} Gbit/s",
+            "iperf3 {} -> {server_ip} (across hosts, {path}): {gbps:.2} Gbit/s",
             topo.container_ns(2, 1)
         ));
     }

@@ -103,6 +103,8 @@ fn build(mut topo: Topology, bpf_object: Option<&Path>) -> Result<Topology> {
                 "24",
                 "--vni",
                 &c.vni.to_string(),
+                "--direct-routing",
+                if c.direct_routing { "true" } else { "false" },
             ];
             // etcd takes a moment to start serving.
             retry(Duration::from_secs(15), || netfab_cli(&topo, &args))?;
@@ -132,6 +134,15 @@ fn build(mut topo: Topology, bpf_object: Option<&Path>) -> Result<Topology> {
                 procs::start_agent(&topo, h, bpf_object)?;
             }
             topo.subnets = wait_leases(&topo, Duration::from_secs(30))?;
+            // Containers get the MTU their host's agent computed.
+            if let Some(mtu) = topo
+                .all_hosts()
+                .filter_map(|h| read_leases(&topo, h))
+                .map(|l| l.mtu)
+                .min()
+            {
+                topo.container_mtu = mtu;
+            }
             topo.save(&dir.join("topology.json"))?;
             for h in topo.all_hosts() {
                 for c in 1..=topo.containers {
@@ -267,7 +278,19 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
 
 /// Stops host `h`'s agent (the PID this lab recorded, nothing else).
 pub fn stop_agent(name: &str, h: u32, hard: bool) -> Result<()> {
-    procs::stop(name, &procs::agent_name(h), hard)
+    procs::stop(name, &procs::agent_name(h), hard)?;
+    // A new agent's first status must not be mistaken for this one's.
+    let _ = std::fs::remove_file(status_path(name, h));
+    Ok(())
+}
+
+fn status_path(name: &str, h: u32) -> PathBuf {
+    state_dir(name).join(format!("h{h}.status.json"))
+}
+
+/// What host `h`'s agent last reported (`netfab status`).
+pub fn read_status(topo: &Topology, h: u32) -> Option<crate::control::status::Status> {
+    serde_json::from_str(&std::fs::read_to_string(status_path(&topo.name, h)).ok()?).ok()
 }
 
 pub fn stop_etcd(topo: &Topology) -> Result<()> {
@@ -285,17 +308,25 @@ pub fn wait_host_programmed(topo: &Topology, h: u32, timeout: Duration) -> Resul
     let deadline = Instant::now() + timeout;
     let remotes = ((topo.hosts - 1) * topo.networks) as usize;
     loop {
-        let ready = BpfMaps::open(&topo.pin_dir(h))
-            .and_then(|m| m.read())
-            .map(|t| {
-                t.endpoints.len() == topo.containers as usize
-                    && t.remote_subnets.len() == remotes
-                    && t.host_config.vxlan_ifindex != 0
-            })
-            .unwrap_or(false)
-            && std::fs::read_dir(topo.pin_dir(h).join("links"))
-                .map(|d| d.count() == topo.containers as usize + 1)
-                .unwrap_or(false);
+        let ready = match topo.control {
+            // The etcd-mode agent reports what it applied, whatever the backend.
+            Control::Etcd => read_status(topo, h).is_some_and(|st| {
+                st.endpoints == topo.containers as usize && st.remotes == remotes
+            }),
+            Control::Static => {
+                BpfMaps::open(&topo.pin_dir(h))
+                    .and_then(|m| m.read())
+                    .map(|t| {
+                        t.endpoints.len() == topo.containers as usize
+                            && t.remote_subnets.len() == remotes
+                            && t.host_config.vxlan_ifindex != 0
+                    })
+                    .unwrap_or(false)
+                    && std::fs::read_dir(topo.pin_dir(h).join("links"))
+                        .map(|d| d.count() == topo.containers as usize + 1)
+                        .unwrap_or(false)
+            }
+        };
         if ready {
             return Ok(());
         }

@@ -10,6 +10,8 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use crate::dataplane::select::Choice;
+
 use super::{
     state_dir, tls,
     topology::{Control, Topology},
@@ -63,9 +65,35 @@ pub fn agent_name(h: u32) -> String {
 /// Starts host `h`'s agent in the background, in the host's namespace.
 pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result<u32> {
     let dir = state_dir(&topo.name);
-    let mut cmd = Command::new(netfab_binary()?);
-    cmd.arg("agent")
-        .args(["--netns", &topo.host_ns(h)])
+    let mut cmd;
+    if topo.no_bpf_hosts.contains(&h) {
+        // eBPF really unavailable: no CAP_BPF, no CAP_SYS_ADMIN. setns needs
+        // CAP_SYS_ADMIN, so `ip netns exec` enters the namespace first.
+        cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &topo.host_ns(h),
+            "setpriv",
+            "--bounding-set",
+            "-bpf,-sys_admin,-perfmon",
+            "--",
+        ])
+        .arg(netfab_binary()?)
+        .arg("agent");
+    } else {
+        cmd = Command::new(netfab_binary()?);
+        cmd.arg("agent").args(["--netns", &topo.host_ns(h)]);
+    }
+    let dataplane = match topo.dataplane {
+        Choice::Auto => "auto",
+        Choice::Ebpf => "ebpf",
+        Choice::Vxlan => "vxlan",
+        Choice::HostGw => "host-gw",
+    };
+    cmd.args(["--node", &topo.host_ns(h), "--dataplane", dataplane])
+        .arg("--status-file")
+        .arg(dir.join(format!("h{h}.status.json")))
         .arg("--pin-dir")
         .arg(topo.pin_dir(h))
         .args(["--resync-secs", "5"]);

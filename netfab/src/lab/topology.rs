@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     addr::MacAddr,
     dataplane::ebpf::DEFAULT_PIN_ROOT,
+    dataplane::select::Choice,
     endpoints::LocalEndpoint,
     network::{DataplanePref, NetworkConfig},
     state::{
@@ -34,6 +35,23 @@ pub const GATEWAY_MAC: MacAddr = MacAddr([0xee, 0xee, 0xee, 0xee, 0xee, 0xee]);
 pub const UNDERLAY_MTU: u32 = 1500;
 pub const CONTAINER_MTU: u32 = UNDERLAY_MTU - crate::netlink::VXLAN_OVERHEAD;
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 254);
+/// "The outside world": an address outside every cluster network, held by
+/// the underlay namespace (RFC 2544 benchmarking range, never routed beyond
+/// the lab's namespaces).
+pub const WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+fn one() -> u32 {
+    1
+}
+fn auto() -> Choice {
+    Choice::Auto
+}
+fn yes() -> bool {
+    true
+}
+fn container_mtu() -> u32 {
+    CONTAINER_MTU
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -62,6 +80,22 @@ pub struct Topology {
     /// etcd serves TLS and requires client certificates.
     #[serde(default)]
     pub etcd_tls: bool,
+    /// L2 segments of the underlay, joined by a router; hosts alternate.
+    #[serde(default = "one")]
+    pub segments: u32,
+    /// `--dataplane` of every agent.
+    #[serde(default = "auto")]
+    pub dataplane: Choice,
+    /// Hosts whose agent runs without CAP_BPF and CAP_SYS_ADMIN, so eBPF is
+    /// really unavailable to it.
+    #[serde(default)]
+    pub no_bpf_hosts: Vec<u32>,
+    /// Direct routing between hosts on one segment (per network).
+    #[serde(default = "yes")]
+    pub direct_routing: bool,
+    /// Container MTU (from the agents in etcd mode).
+    #[serde(default = "container_mtu")]
+    pub container_mtu: u32,
     /// Known host subnets (all of them once the lab is up).
     pub subnets: Vec<HostSubnet>,
 }
@@ -98,6 +132,11 @@ impl Topology {
             control,
             lease_ttl: 10,
             etcd_tls: false,
+            segments: 1,
+            dataplane: Choice::Auto,
+            no_bpf_hosts: Vec::new(),
+            direct_routing: true,
+            container_mtu: CONTAINER_MTU,
             subnets: Vec::new(),
         };
         if control == Control::Static {
@@ -142,8 +181,19 @@ impl Topology {
     pub fn container_ns(&self, h: u32, c: u32) -> String {
         format!("{}-h{h}-c{c}", self.name)
     }
+    /// The underlay segment host `h` sits on (1-based).
+    pub fn segment(&self, h: u32) -> u32 {
+        (h - 1) % self.segments.max(1) + 1
+    }
     pub fn host_ip(&self, h: u32) -> Ipv4Addr {
-        Ipv4Addr::new(100, 64, 0, h as u8)
+        Ipv4Addr::new(100, 64, (self.segment(h) - 1) as u8, h as u8)
+    }
+    /// The underlay namespace routes between segments at .250 of each.
+    pub fn router_ip(&self, seg: u32) -> Ipv4Addr {
+        Ipv4Addr::new(100, 64, (seg - 1) as u8, 250)
+    }
+    pub fn bridge(&self, seg: u32) -> String {
+        format!("br{}", seg - 1)
     }
     pub fn host_veth(&self, c: u32) -> String {
         format!("nfc{c}")
@@ -178,6 +228,7 @@ impl Topology {
             vni: n,
             port: DEFAULT_VXLAN_PORT,
             dataplane: DataplanePref::Auto,
+            direct_routing: self.direct_routing,
         }
     }
     /// The network container `c` belongs to.
@@ -254,6 +305,8 @@ impl Topology {
                     mac: e.mac,
                 })
                 .collect(),
+            masquerade: true,
+            cluster_cidrs: (1..=self.networks).map(|n| self.network_cidr(n)).collect(),
         }
     }
 

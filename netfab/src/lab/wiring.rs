@@ -1,4 +1,6 @@
 //! Building the lab's namespaces and links with iproute2.
+use std::net::Ipv4Addr;
+
 use anyhow::Result;
 
 use super::{
@@ -7,8 +9,9 @@ use super::{
 };
 use crate::addr::MacAddr;
 
-/// A namespace on the underlay bridge with one address.
-fn attach_to_underlay(topo: &Topology, ns: &str, port: &str, cidr: &str) -> Result<()> {
+/// A namespace on segment `seg`'s bridge with one address and a default
+/// route via the segment's router.
+fn attach_to_underlay(topo: &Topology, ns: &str, port: &str, seg: u32, ip: Ipv4Addr) -> Result<()> {
     let ul = topo.underlay_ns();
     sh::ip(&["netns", "add", ns])?;
     ip_in(ns, &["link", "set", "lo", "up"])?;
@@ -18,8 +21,11 @@ fn attach_to_underlay(topo: &Topology, ns: &str, port: &str, cidr: &str) -> Resu
             "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
         ],
     )?;
-    ip_in(&ul, &["link", "set", port, "master", "br0", "up"])?;
-    ip_in(ns, &["addr", "add", cidr, "dev", "eth0"])?;
+    ip_in(
+        &ul,
+        &["link", "set", port, "master", &topo.bridge(seg), "up"],
+    )?;
+    ip_in(ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
     ip_in(
         ns,
         &[
@@ -31,25 +37,56 @@ fn attach_to_underlay(topo: &Topology, ns: &str, port: &str, cidr: &str) -> Resu
             "up",
         ],
     )?;
+    ip_in(
+        ns,
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            &topo.router_ip(seg).to_string(),
+        ],
+    )?;
     Ok(())
 }
 
+/// The underlay namespace: one bridge per L2 segment, routing between them
+/// (it is every segment's router), and the "outside world" address.
 pub fn underlay(topo: &Topology) -> Result<()> {
     let ul = topo.underlay_ns();
     sh::ip(&["netns", "add", &ul])?;
     ip_in(&ul, &["link", "set", "lo", "up"])?;
-    ip_in(&ul, &["link", "add", "br0", "type", "bridge"])?;
-    ip_in(&ul, &["link", "set", "br0", "up"])?;
+    ip_in(
+        &ul,
+        &[
+            "addr",
+            "add",
+            &format!("{}/32", topology::WAN_IP),
+            "dev",
+            "lo",
+        ],
+    )?;
+    sh::in_ns(&ul, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    for seg in 1..=topo.segments.max(1) {
+        let br = topo.bridge(seg);
+        ip_in(&ul, &["link", "add", &br, "type", "bridge"])?;
+        ip_in(&ul, &["link", "set", &br, "up"])?;
+        ip_in(
+            &ul,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", topo.router_ip(seg)),
+                "dev",
+                &br,
+            ],
+        )?;
+    }
     Ok(())
 }
 
 pub fn etcd_host(topo: &Topology) -> Result<()> {
-    attach_to_underlay(
-        topo,
-        &topo.etcd_ns(),
-        "etcd",
-        &format!("{}/24", topology::ETCD_IP),
-    )
+    attach_to_underlay(topo, &topo.etcd_ns(), "etcd", 1, topology::ETCD_IP)
 }
 
 pub fn host(topo: &Topology, h: u32) -> Result<()> {
@@ -57,13 +94,14 @@ pub fn host(topo: &Topology, h: u32) -> Result<()> {
         topo,
         &topo.host_ns(h),
         &format!("h{h}"),
-        &format!("{}/24", topo.host_ip(h)),
+        topo.segment(h),
+        topo.host_ip(h),
     )
 }
 
 /// A container namespace with a veth to its host. No on-link prefix route:
 /// every destination, same subnet included, goes through the gateway, i.e.
-/// through the eBPF program on the host veth.
+/// through the eBPF program on the host veth (or the host's routing).
 pub fn container(topo: &Topology, h: u32, c: u32) -> Result<()> {
     let host = topo.host_ns(h);
     let ns = topo.container_ns(h, c);
@@ -72,7 +110,7 @@ pub fn container(topo: &Topology, h: u32, c: u32) -> Result<()> {
     let ip = topo.container_ip(h, c);
     let subnet = topo.subnet(h, n).expect("subnet known before wiring");
     let gw = topo.gateway(h, n).to_string();
-    let mtu = topology::CONTAINER_MTU.to_string();
+    let mtu = topo.container_mtu.to_string();
     let gw_mac = topology::GATEWAY_MAC.to_string();
     let mac = MacAddr::container_for(ip).to_string();
     sh::ip(&["netns", "add", &ns])?;

@@ -34,6 +34,7 @@ pub struct EbpfDataplane {
     maps: BpfMaps,
     pin_dir: PathBuf,
     netlink: Netlink,
+    host: super::host::HostPlumbing,
 }
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
@@ -89,7 +90,26 @@ impl EbpfDataplane {
             maps,
             pin_dir: pin_dir.to_path_buf(),
             netlink,
+            host: Default::default(),
         })
+    }
+
+    /// Proves that a TC program can really be attached here: attaches the
+    /// container program to a throw-away veth and removes both again.
+    pub async fn probe_attach(&mut self) -> Result<()> {
+        const PROBE: &str = "nfprobe0";
+        let _ = self.netlink.delete(PROBE).await;
+        self.netlink.add_veth(PROBE, "nfprobe1").await?;
+        let result = (|| -> Result<()> {
+            let prog = classifier(&mut self.ebpf, programs::FROM_CONTAINER)?;
+            let id = prog
+                .attach(PROBE, aya::programs::TcAttachType::Ingress)
+                .context("attaching a TC program to a probe veth")?;
+            prog.detach(id).context("detaching the probe program")?;
+            Ok(())
+        })();
+        self.netlink.delete(PROBE).await?;
+        result
     }
 
     pub fn maps(&self) -> &BpfMaps {
@@ -176,7 +196,7 @@ impl Dataplane for EbpfDataplane {
         let (vxlan, underlay_ifindex) = self.ensure_vxlan(state).await?;
         let links = self.netlink.links().await?;
         let facts: HashMap<String, LinkFacts> =
-            links.into_iter().map(|(n, d)| (n, d.facts)).collect();
+            links.iter().map(|(n, d)| (n.clone(), d.facts)).collect();
         let (tables, skipped) =
             tables::desired_tables(state, &facts, Some(vxlan), underlay_ifindex);
         // Maps before attachments: a new container's first packet must find
@@ -200,12 +220,17 @@ impl Dataplane for EbpfDataplane {
                 .map(|v| (v.clone(), programs::FROM_CONTAINER)),
         );
         let attached = self.attach_all(&wanted)?;
-        Ok(ApplyReport {
+        let mut report = ApplyReport {
             map_upserts,
             map_removals,
             attached,
             skipped,
-        })
+            refused: Vec::new(),
+        };
+        self.host
+            .apply(&self.netlink, state, &links, Vec::new(), &mut report)
+            .await?;
+        Ok(report)
     }
 
     fn name(&self) -> &'static str {

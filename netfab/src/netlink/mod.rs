@@ -13,11 +13,14 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
 use crate::{addr::MacAddr, dataplane::ebpf::tables::LinkFacts};
 
+pub mod neigh;
+pub mod routes;
+
 /// Bytes VXLAN adds over IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const VXLAN_OVERHEAD: u32 = 50;
 
 pub struct Netlink {
-    handle: Handle,
+    pub(crate) handle: Handle,
 }
 
 #[derive(Debug, Clone)]
@@ -26,6 +29,18 @@ pub struct LinkDetail {
     pub mtu: u32,
     pub kind: Option<InfoKind>,
     pub vxlan: Vec<InfoVxlan>,
+}
+
+/// A one-VNI kernel VXLAN device (the `vxlan` backend).
+#[derive(Debug, Clone)]
+pub struct KernelVxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Ipv4Addr,
+    pub underlay_ifindex: u32,
+    pub mac: MacAddr,
+    pub mtu: u32,
 }
 
 /// The collect-metadata VXLAN device netfab wants.
@@ -211,6 +226,81 @@ impl Netlink {
             Some(d) => Ok(d.facts),
             None => bail!("VXLAN device {} vanished right after creation", spec.name),
         }
+    }
+
+    /// Creates or adopts a plain (one-VNI) kernel VXLAN device, flannel style:
+    /// no learning, fixed MAC, the given MTU.
+    pub async fn ensure_kernel_vxlan(&self, spec: &KernelVxlanSpec) -> Result<LinkFacts> {
+        if let Some(d) = self.link(&spec.name).await? {
+            let same = d.kind == Some(InfoKind::Vxlan)
+                && d.vxlan.contains(&InfoVxlan::Id(spec.vni))
+                && d.vxlan.contains(&InfoVxlan::Port(spec.port))
+                && d.vxlan.contains(&InfoVxlan::Learning(false))
+                && d.vxlan.contains(&InfoVxlan::Local(spec.local));
+            if same {
+                let msg = LinkUnspec::new_with_index(d.facts.ifindex)
+                    .mtu(spec.mtu)
+                    .address(spec.mac.0.to_vec())
+                    .up()
+                    .build();
+                self.handle
+                    .link()
+                    .set(msg)
+                    .execute()
+                    .await
+                    .context("updating VXLAN device")?;
+                return Ok(LinkFacts {
+                    ifindex: d.facts.ifindex,
+                    mac: spec.mac,
+                });
+            }
+            log::warn!("{} exists with other settings; recreating it", spec.name);
+            self.delete(&spec.name).await?;
+        }
+        let msg = LinkMessageBuilder::<LinkVxlan>::new(&spec.name)
+            .id(spec.vni)
+            .local(spec.local)
+            .dev(spec.underlay_ifindex)
+            .port(spec.port)
+            .learning(false)
+            .mtu(spec.mtu)
+            .address(spec.mac.0.to_vec())
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .with_context(|| format!("creating VXLAN device {}", spec.name))?;
+        match self.link(&spec.name).await? {
+            Some(d) => Ok(d.facts),
+            None => bail!("VXLAN device {} vanished right after creation", spec.name),
+        }
+    }
+
+    /// Adds an address if the interface does not have it yet.
+    pub async fn addr_ensure(&self, ifindex: u32, net: Ipv4Net) -> Result<()> {
+        if self.ipv4_nets(ifindex).await?.contains(&net) {
+            return Ok(());
+        }
+        self.handle
+            .address()
+            .add(ifindex, std::net::IpAddr::V4(net.addr()), net.prefix_len())
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding address {net}"))
+    }
+
+    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<()> {
+        let msg = rtnetlink::LinkVeth::new(name, peer).up().build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .with_context(|| format!("creating veth {name}"))
     }
 
     async fn set_up(&self, ifindex: u32) -> Result<()> {

@@ -1,0 +1,146 @@
+//! What `netfab status` shows: the dataplane in use and why, and per network
+//! and per peer the path packets take and why. The agent writes it to a
+//! JSON file after every apply; pure to build.
+use std::collections::BTreeMap;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::{dataplane::ApplyReport, state::DesiredState, store::Snapshot};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub dataplane: String,
+    pub reason: String,
+    pub underlay: Option<Ipv4Net>,
+    pub container_mtu: u32,
+    pub networks: Vec<NetworkStatus>,
+    /// Local containers and remote subnets in the last applied state.
+    pub endpoints: usize,
+    pub remotes: usize,
+    pub refused: Vec<String>,
+    pub skipped: Vec<String>,
+    /// Seconds since the epoch of the last apply.
+    pub applied_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub node: String,
+    pub subnet: Ipv4Net,
+    pub underlay_ip: std::net::Ipv4Addr,
+    /// `direct`, `vxlan` or `host-gw`.
+    pub path: String,
+    pub reason: String,
+}
+
+pub struct StatusInput<'a> {
+    pub node: &'a str,
+    pub dataplane: &'a str,
+    pub reason: &'a str,
+    pub underlay: Option<Ipv4Net>,
+    pub container_mtu: u32,
+    pub snap: &'a Snapshot,
+    pub state: &'a DesiredState,
+    pub report: &'a ApplyReport,
+}
+
+pub fn build(i: StatusInput<'_>, applied_at: u64) -> Status {
+    let owners: BTreeMap<Ipv4Net, String> = i
+        .snap
+        .leases
+        .values()
+        .flat_map(|m| m.iter().map(|(s, l)| (*s, l.node.clone())))
+        .collect();
+    let seg = i.underlay.map(|u| u.trunc());
+    let networks = i
+        .state
+        .networks
+        .iter()
+        .map(|n| {
+            let direct_on = i.snap.networks.get(&n.name).is_none_or(|c| c.direct_routing);
+            let peers = i
+                .state
+                .remotes
+                .iter()
+                .filter(|r| r.vni == n.vni)
+                .map(|r| {
+                    let same_l2 = seg.is_some_and(|s| s.contains(&r.underlay_ip));
+                    let seg_s = seg.map(|s| s.to_string()).unwrap_or_else(|| "?".into());
+                    let (path, reason) = match i.dataplane {
+                        "host-gw" if same_l2 => ("host-gw", format!("static route via {} on the same L2 segment {seg_s}", r.underlay_ip)),
+                        "host-gw" => ("refused", format!("{} is not on this host's L2 segment {seg_s}; host-gw cannot reach it", r.underlay_ip)),
+                        _ if r.direct => ("direct", format!("same L2 segment {seg_s}: routed without encapsulation")),
+                        _ if !direct_on => ("vxlan", "direct routing is off for this network".to_string()),
+                        _ if !same_l2 => ("vxlan", format!("{} is behind a router (outside {seg_s})", r.underlay_ip)),
+                        _ => ("vxlan", "encapsulated".to_string()),
+                    };
+                    PeerStatus {
+                        node: owners.get(&r.subnet).cloned().unwrap_or_default(),
+                        subnet: r.subnet,
+                        underlay_ip: r.underlay_ip,
+                        path: path.into(),
+                        reason,
+                    }
+                })
+                .collect();
+            NetworkStatus { name: n.name.clone(), vni: n.vni, subnet: n.subnet, peers }
+        })
+        .collect();
+    Status {
+        node: i.node.into(),
+        dataplane: i.dataplane.into(),
+        reason: i.reason.into(),
+        underlay: i.underlay,
+        container_mtu: i.container_mtu,
+        networks,
+        endpoints: i.state.endpoints.len(),
+        remotes: i.state.remotes.len(),
+        refused: i.report.refused.clone(),
+        skipped: i.report.skipped.clone(),
+        applied_at,
+    }
+}
+
+pub fn render(s: &Status) -> String {
+    let mut out = format!(
+        "node {}  dataplane {}  ({})\nunderlay {}  container MTU {}\n",
+        s.node,
+        s.dataplane,
+        s.reason,
+        s.underlay.map(|u| u.to_string()).unwrap_or_default(),
+        s.container_mtu
+    );
+    for n in &s.networks {
+        out += &format!(
+            "network {} (VNI {}): this host {}\n",
+            n.name, n.vni, n.subnet
+        );
+        for p in &n.peers {
+            out += &format!(
+                "  {:<18} {:<12} {:<15} {:<8} {}\n",
+                p.subnet.to_string(),
+                p.node,
+                p.underlay_ip.to_string(),
+                p.path,
+                p.reason
+            );
+        }
+    }
+    for r in &s.refused {
+        out += &format!("refused: {r}\n");
+    }
+    for r in &s.skipped {
+        out += &format!("not programmed: {r}\n");
+    }
+    out
+}

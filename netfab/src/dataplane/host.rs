@@ -1,0 +1,101 @@
+//! What every backend needs from the host stack: IP forwarding, a /32 route
+//! and a permanent neighbour per local container (the host's own traffic and
+//! NAT replies reach containers through them; the stack-routed backends
+//! forward through them), the backend's routes, and the iptables chains.
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Result;
+use log::warn;
+
+use super::{iptables, ApplyReport};
+use crate::{
+    netlink::{neigh::Neigh, routes::HostRoute, LinkDetail, Netlink},
+    reconcile::diff,
+    state::DesiredState,
+};
+
+#[derive(Default)]
+pub struct HostPlumbing {
+    last_rules: Option<String>,
+}
+
+fn ensure_forwarding() -> Result<()> {
+    let p = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(p)
+        .map(|v| v.trim() == "1")
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    std::fs::write(p, "1").map_err(|e| anyhow::anyhow!("enabling IP forwarding: {e}"))
+}
+
+impl HostPlumbing {
+    /// Reconciles every route with netfab's protocol number to the endpoint
+    /// routes plus `backend_routes`.
+    pub async fn apply(
+        &mut self,
+        nl: &Netlink,
+        state: &DesiredState,
+        links: &HashMap<String, LinkDetail>,
+        backend_routes: Vec<HostRoute>,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
+        ensure_forwarding()?;
+        let mut desired: BTreeMap<ipnet::Ipv4Net, HostRoute> =
+            backend_routes.into_iter().map(|r| (r.dst, r)).collect();
+        for e in &state.endpoints {
+            let Some(link) = links.get(&e.host_ifname) else {
+                continue;
+            };
+            let dst = ipnet::Ipv4Net::new(e.ip, 32).expect("/32 is valid");
+            desired.insert(
+                dst,
+                HostRoute {
+                    dst,
+                    gateway: None,
+                    oif: link.facts.ifindex,
+                    onlink: false,
+                },
+            );
+            nl.neigh_replace(&Neigh {
+                ifindex: link.facts.ifindex,
+                ip: e.ip,
+                mac: e.mac,
+            })
+            .await?;
+        }
+        let actual: BTreeMap<ipnet::Ipv4Net, HostRoute> = nl
+            .our_routes()
+            .await?
+            .into_iter()
+            .map(|r| (r.dst, r))
+            .collect();
+        let d = diff(&desired, &actual);
+        for (_, r) in &d.upserts {
+            if let Err(e) = nl.route_replace(r).await {
+                warn!("{e:#}");
+                report.skipped.push(format!("route {}: {e:#}", r.dst));
+            }
+        }
+        for k in &d.removals {
+            nl.route_del(&actual[k]).await?;
+        }
+        report.map_upserts += d.upserts.len();
+        report.map_removals += d.removals.len();
+
+        let local: Vec<ipnet::Ipv4Net> = state.networks.iter().map(|n| n.subnet).collect();
+        let rules = iptables::ruleset(state.masquerade, &local, &state.cluster_cidrs);
+        // Re-applied on every resync too (last_rules is only a change log),
+        // so rules flushed by hand come back.
+        if self.last_rules.as_deref() != Some(rules.as_str()) {
+            log::info!(
+                "iptables: masquerade {} for {local:?}",
+                if state.masquerade { "on" } else { "off" }
+            );
+        }
+        iptables::apply(&rules)?;
+        self.last_rules = Some(rules);
+        Ok(())
+    }
+}

@@ -1,0 +1,60 @@
+//! The `host-gw` backend: a static route to each remote subnet via the
+//! remote host's underlay IP. No encapsulation at all, so it only works for
+//! peers on this host's L2 segment; others are refused, loudly.
+use anyhow::Result;
+
+use super::{host::HostPlumbing, ApplyReport, Dataplane};
+use crate::{
+    netlink::{routes::HostRoute, Netlink},
+    state::DesiredState,
+};
+
+pub struct HostGwDataplane {
+    netlink: Netlink,
+    host: HostPlumbing,
+}
+
+impl HostGwDataplane {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            netlink: Netlink::connect()?,
+            host: HostPlumbing::default(),
+        })
+    }
+}
+
+impl Dataplane for HostGwDataplane {
+    async fn apply(&mut self, state: &DesiredState) -> Result<ApplyReport> {
+        let nl = &self.netlink;
+        let mut report = ApplyReport::default();
+        let (underlay, unet) = nl.underlay(&state.underlay_interface).await?;
+        let mut routes = Vec::new();
+        for r in &state.remotes {
+            if !unet.trunc().contains(&r.underlay_ip) {
+                report.refused.push(format!(
+                    "host-gw cannot route {} via {}: that host is not on this host's L2 segment {}; \
+                     use --dataplane vxlan or auto",
+                    r.subnet,
+                    r.underlay_ip,
+                    unet.trunc()
+                ));
+                continue;
+            }
+            routes.push(HostRoute {
+                dst: r.subnet,
+                gateway: Some(r.underlay_ip),
+                oif: underlay.facts.ifindex,
+                onlink: false,
+            });
+        }
+        let links = nl.links().await?;
+        self.host
+            .apply(nl, state, &links, routes, &mut report)
+            .await?;
+        Ok(report)
+    }
+
+    fn name(&self) -> &'static str {
+        "host-gw"
+    }
+}

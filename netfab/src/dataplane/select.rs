@@ -1,0 +1,127 @@
+//! Choosing the dataplane: `--dataplane auto|ebpf|vxlan|host-gw`. `auto`
+//! proves eBPF works (programs load through the verifier and attach to a
+//! probe interface) and otherwise falls back to kernel VXLAN, saying why.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use log::{info, warn};
+
+use super::{
+    ebpf::EbpfDataplane, hostgw::HostGwDataplane, vxlan::KernelVxlanDataplane, ApplyReport,
+    Dataplane,
+};
+use crate::state::DesiredState;
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Choice {
+    Auto,
+    Ebpf,
+    Vxlan,
+    HostGw,
+}
+
+pub enum AnyDataplane {
+    Ebpf(Box<EbpfDataplane>),
+    Vxlan(KernelVxlanDataplane),
+    HostGw(HostGwDataplane),
+}
+
+impl Dataplane for AnyDataplane {
+    async fn apply(&mut self, state: &DesiredState) -> Result<ApplyReport> {
+        match self {
+            AnyDataplane::Ebpf(d) => d.apply(state).await,
+            AnyDataplane::Vxlan(d) => d.apply(state).await,
+            AnyDataplane::HostGw(d) => d.apply(state).await,
+        }
+    }
+    fn name(&self) -> &'static str {
+        match self {
+            AnyDataplane::Ebpf(d) => d.name(),
+            AnyDataplane::Vxlan(d) => d.name(),
+            AnyDataplane::HostGw(d) => d.name(),
+        }
+    }
+}
+
+/// The chosen dataplane and why it was chosen.
+pub struct Selected {
+    pub dataplane: AnyDataplane,
+    pub reason: String,
+}
+
+/// The cheapest question first: may this process use bpf(2) at all?
+/// Creates (and closes) a one-entry array map.
+fn probe_bpf_syscall() -> Result<()> {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    // bpf_attr for MAP_CREATE starts with map_type, key_size, value_size,
+    // max_entries (u32 each); the rest stays zero.
+    let mut attr = [0u8; 128];
+    for (i, v) in [BPF_MAP_TYPE_ARRAY, 4, 4, 1].iter().enumerate() {
+        attr[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    // SAFETY: the attr buffer is valid for the size passed and outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            attr.as_mut_ptr(),
+            attr.len() as u32,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!("bpf(2) refused: {e} (CAP_BPF or CAP_SYS_ADMIN missing, or eBPF disabled)");
+    }
+    // SAFETY: closing the fd the kernel just returned.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+async fn ebpf(object: Result<PathBuf>, pin_dir: &Path) -> Result<EbpfDataplane> {
+    probe_bpf_syscall()?;
+    let object = object?;
+    let mut dp = EbpfDataplane::load(&object, pin_dir)?;
+    dp.probe_attach().await?;
+    Ok(dp)
+}
+
+pub async fn select(choice: Choice, object: Result<PathBuf>, pin_dir: &Path) -> Result<Selected> {
+    let sel = match choice {
+        Choice::Ebpf => Selected {
+            dataplane: AnyDataplane::Ebpf(Box::new(
+                ebpf(object, pin_dir)
+                    .await
+                    .context("--dataplane ebpf was asked for")?,
+            )),
+            reason: "requested (--dataplane ebpf); programs loaded and attached".into(),
+        },
+        Choice::Auto => match ebpf(object, pin_dir).await {
+            Ok(dp) => Selected {
+                dataplane: AnyDataplane::Ebpf(Box::new(dp)),
+                reason: "auto: eBPF programs load and attach on this host".into(),
+            },
+            Err(e) => {
+                let reason = format!("auto: eBPF unavailable ({e:#}); using kernel VXLAN");
+                warn!("{reason}");
+                Selected {
+                    dataplane: AnyDataplane::Vxlan(KernelVxlanDataplane::new()?),
+                    reason,
+                }
+            }
+        },
+        Choice::Vxlan => Selected {
+            dataplane: AnyDataplane::Vxlan(KernelVxlanDataplane::new()?),
+            reason: "requested (--dataplane vxlan)".into(),
+        },
+        Choice::HostGw => Selected {
+            dataplane: AnyDataplane::HostGw(HostGwDataplane::new()?),
+            reason: "requested (--dataplane host-gw)".into(),
+        },
+    };
+    info!("dataplane {}: {}", sel.dataplane.name(), sel.reason);
+    Ok(sel)
+}
