@@ -102,5 +102,12 @@ fn cleanup_removes_links_pins_and_the_vxlan_device() {
         (!vxlan_gone.status.success(), progs.len())
     });
     assert!(vxlan_gone, "VXLAN device deleted");
+    let routes = netfab::lab::sh::ip_in(&host, &["route", "show", "proto", "212"]).unwrap();
+    assert!(
+        routes.trim().is_empty(),
+        "netfab's routes removed: {routes}"
+    );
+    let masq = netfab::lab::sh::in_ns(&host, "iptables", &["-t", "nat", "-S", "NETFAB-MASQ"]);
+    assert!(masq.is_err(), "iptables chain removed");
     assert_eq!(progs, 0, "no program left on the container veth");
 }

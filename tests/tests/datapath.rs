@@ -6,7 +6,7 @@ use netfab::{
     addr::MacAddr,
     lab::{
         demo::{iperf3, ping, IperfServer},
-        topology,
+        topology::{self, Topology},
     },
 };
 use netfab_tests::{
@@ -21,7 +21,10 @@ use netfab_tests::{
 #[test]
 fn cross_host_and_local_traffic_takes_the_ebpf_path() {
     require_privileges!();
-    let lab = LabGuard::up("dp", 2, 2);
+    // Direct routing off: same segment, but this test is about VXLAN.
+    let mut topo = Topology::new("dp", 2, 2).unwrap();
+    topo.direct_routing = false;
+    let lab = LabGuard::up_with(topo);
     let t = &lab.topo;
 
     // Every container reaches every other, across hosts and on one host.

@@ -67,7 +67,7 @@ fn agent_restarts_during_a_tcp_stream_lose_no_ping() {
     for h in t.all_hosts() {
         let log = lab::agent_log(&t, h);
         assert_eq!(
-            log.matches("dataplane ebpf loaded").count(),
+            log.matches("dataplane ebpf: ").count(),
             2,
             "host {h} log:\n{log}"
         );

@@ -8,7 +8,7 @@ use netfab::{
     agent::{self, AgentConfig},
     control::{status, ControlConfig, Controller},
     dataplane::{
-        ebpf::{self, object},
+        ebpf::object,
         select::{self, Choice},
         Dataplane,
     },
@@ -140,7 +140,7 @@ pub fn cleanup(h: HostArgs) -> Result<()> {
     }
     let node = node_name(None, h.netns.as_deref());
     let dir = pin_dir(&h, &node);
-    runtime()?.block_on(ebpf::cleanup(&dir, &h.vxlan_device))
+    runtime()?.block_on(netfab::dataplane::cleanup::cleanup(&dir, &h.vxlan_device))
 }
 
 pub fn show_stats(h: HostArgs, json: bool) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Dataplane backends. Each takes a [`DesiredState`](crate::state::DesiredState)
 //! and makes the kernel match it; `ebpf` is the TC datapath. The fallback
 //! backends (kernel VXLAN, host-gw) implement the same trait.
+pub mod cleanup;
 pub mod ebpf;
 pub mod host;
 pub mod hostgw;

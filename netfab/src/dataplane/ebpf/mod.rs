@@ -237,28 +237,3 @@ impl Dataplane for EbpfDataplane {
         "ebpf"
     }
 }
-
-/// Removes everything the eBPF dataplane created for `pin_dir`: links (which
-/// detaches the programs), map pins, and the VXLAN device. Keeps going past
-/// errors and reports all of them.
-pub async fn cleanup(pin_dir: &Path, vxlan_device: &str) -> Result<()> {
-    let mut errors = Vec::new();
-    if pin_dir.exists() {
-        if let Err(e) = std::fs::remove_dir_all(pin_dir) {
-            errors.push(format!("removing {}: {e}", pin_dir.display()));
-        }
-    }
-    match Netlink::connect() {
-        Ok(nl) => {
-            if let Err(e) = nl.delete(vxlan_device).await {
-                errors.push(format!("{e:#}"));
-            }
-        }
-        Err(e) => errors.push(format!("{e:#}")),
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(anyhow!("cleanup incomplete: {}", errors.join("; ")))
-    }
-}
