@@ -89,19 +89,36 @@ pub enum LabCmd {
         #[arg(long, default_value_t = 5)]
         iperf_secs: u32,
     },
-    /// Compare netfab's eBPF path with kernel VXLAN and the raw underlay, in
-    /// one run on a fresh lab (built and removed by this command).
+    /// Measure every path side by side in one run: raw underlay, eBPF with
+    /// VXLAN, eBPF direct, kernel VXLAN, host-gw (labs built and removed).
     Bench {
-        #[command(flatten)]
-        shape: LabShape,
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
         secs: u32,
+        /// Seconds per request/response run.
+        #[arg(long, default_value_t = 3)]
+        rr_secs: u32,
         /// Repetitions per path (medians are reported).
         #[arg(long, default_value_t = 3)]
         reps: u32,
         #[arg(long, default_value = "lab-out")]
         out: PathBuf,
+        #[arg(long, env = "NETFAB_BPF_OBJECT")]
+        bpf_object: Option<PathBuf>,
+    },
+    /// (bench helper) Serve TCP request/response transactions.
+    #[command(hide = true)]
+    RrServe {
+        #[arg(long)]
+        port: u16,
+    },
+    /// (bench helper) Run TCP request/response transactions; prints JSON.
+    #[command(hide = true)]
+    Rr {
+        #[arg(long)]
+        server: String,
+        #[arg(long, default_value_t = 3)]
+        secs: u32,
     },
     /// Stop one host's agent and start it again.
     RestartAgent {
@@ -130,16 +147,19 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             result.and(down)
         }
         LabCmd::Bench {
-            shape,
             secs,
+            rr_secs,
             reps,
             out,
-        } => {
-            let topo = shape.topology(2)?;
-            let result = lab::up(&topo, shape.bpf_object.as_deref())
-                .and_then(|t| lab::bench::run(&t, secs, reps, &out).map(|_| ()));
-            let down = lab::down(&topo.name);
-            result.and(down)
+            bpf_object,
+        } => lab::bench::run(bpf_object.as_deref(), secs, rr_secs, reps, &out).map(|_| ()),
+        LabCmd::RrServe { port } => lab::rr::serve(port),
+        LabCmd::Rr { server, secs } => {
+            println!(
+                "{}",
+                serde_json::to_string(&lab::rr::client(&server, secs)?)?
+            );
+            Ok(())
         }
         LabCmd::RestartAgent {
             name,

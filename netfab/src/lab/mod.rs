@@ -3,10 +3,11 @@
 //! each running an agent, M container namespaces per host. `down` removes
 //! all of it, also after a crash half-way through `up` (it finds the pieces
 //! by their names and PID files).
-pub mod anchor;
 pub mod bench;
+pub mod chart;
 pub mod demo;
 pub mod procs;
+pub mod rr;
 pub mod sh;
 pub mod tls;
 pub mod topology;

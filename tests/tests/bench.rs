@@ -1,0 +1,78 @@
+//! The benchmark command runs end to end and produces its table, JSON and
+//! chart (a smoke run: one short repetition; the figures themselves come
+//! from `netfab lab bench` run for real).
+use std::process::Command;
+
+use netfab::lab;
+use netfab_tests::require_privileges;
+
+#[test]
+fn bench_measures_every_path_and_writes_table_json_and_chart() {
+    require_privileges!();
+    let out_dir = std::env::temp_dir().join(format!("netfab-bench-{}", std::process::id()));
+    let out = Command::new(lab::netfab_binary().unwrap())
+        .args([
+            "lab",
+            "bench",
+            "--secs",
+            "1",
+            "--rr-secs",
+            "1",
+            "--reps",
+            "1",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rep 1/1 ebpf-direct"),
+        "progress is printed: {stderr}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("bench.json")).unwrap()).unwrap();
+    let paths: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "raw-underlay",
+            "ebpf-vxlan",
+            "ebpf-direct",
+            "kernel-vxlan",
+            "host-gw"
+        ]
+    );
+    for r in json.as_array().unwrap() {
+        for k in [
+            "gbps_1_stream",
+            "gbps_4_streams",
+            "rr_per_sec",
+            "rr_mean_us",
+        ] {
+            assert!(r[k].as_f64().unwrap() > 0.0, "{k} of {}", r["path"]);
+        }
+    }
+    assert_eq!(json[0]["ratio_1_stream"].as_f64(), Some(1.0));
+    let png = std::fs::read(out_dir.join("bench.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let table = std::fs::read_to_string(out_dir.join("bench.md")).unwrap();
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("| ")).count(),
+        6,
+        "{table}"
+    );
+    for name in lab::bench::lab_names() {
+        assert!(
+            !std::path::Path::new(&format!("/run/netns/{name}-ul")).exists(),
+            "lab {name} removed"
+        );
+    }
+    let _ = std::fs::remove_dir_all(out_dir);
+}
