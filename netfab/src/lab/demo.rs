@@ -94,6 +94,19 @@ impl Drop for IperfServer {
 /// Runs an iperf3 TCP client; returns the receiver's throughput in Gbit/s.
 /// Retries the connection for a moment while the server starts listening.
 pub fn iperf3(client_ns: &str, server_ip: &str, port: u16, secs: u32, streams: u32) -> Result<f64> {
+    iperf3_pinned(client_ns, server_ip, port, secs, streams, None)
+}
+
+/// As [`iperf3`], with client and server pinned to CPUs (`-A c,s`) so runs
+/// are comparable on a small machine.
+pub fn iperf3_pinned(
+    client_ns: &str,
+    server_ip: &str,
+    port: u16,
+    secs: u32,
+    streams: u32,
+    cpus: Option<(u32, u32)>,
+) -> Result<f64> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = Command::new("ip")
@@ -112,6 +125,10 @@ pub fn iperf3(client_ns: &str, server_ip: &str, port: u16, secs: u32, streams: u
                 &streams.to_string(),
                 "-J",
             ])
+            .args(
+                cpus.map(|(c, s)| vec!["-A".to_string(), format!("{c},{s}")])
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .output()
             .context("running iperf3 client")?;

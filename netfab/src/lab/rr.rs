@@ -66,13 +66,20 @@ pub fn client(server: &str, secs: u32) -> Result<RrResult> {
     })
 }
 
+fn pin(cpu: Option<u32>) -> Vec<String> {
+    cpu.map(|c| vec!["taskset".into(), "-c".into(), c.to_string()])
+        .unwrap_or_default()
+}
+
 /// `netfab lab rr-serve` inside a namespace, stopped on drop.
 pub struct RrServer(Child);
 
 impl RrServer {
-    pub fn start(ns: &str, port: u16) -> Result<Self> {
+    /// `cpu`: pin the server to this CPU (taskset), for comparable runs.
+    pub fn start(ns: &str, port: u16, cpu: Option<u32>) -> Result<Self> {
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
+            .args(pin(cpu))
             .arg(super::netfab_binary()?)
             .args(["lab", "rr-serve", "--port", &port.to_string()])
             .stdin(Stdio::null())
@@ -91,9 +98,10 @@ impl Drop for RrServer {
 }
 
 /// Runs the RR client inside a namespace.
-pub fn run_client(ns: &str, server: &str, secs: u32) -> Result<RrResult> {
+pub fn run_client(ns: &str, server: &str, secs: u32, cpu: Option<u32>) -> Result<RrResult> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns])
+        .args(pin(cpu))
         .arg(super::netfab_binary()?)
         .args(["lab", "rr", "--server", server, "--secs", &secs.to_string()])
         .output()
