@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{
     chart,
-    demo::{iperf3, IperfServer},
+    demo::{iperf3_pinned, IperfServer},
     rr::{self, RrServer},
     say,
     topology::Topology,
@@ -66,17 +66,41 @@ pub fn lab_names() -> impl Iterator<Item = &'static str> {
     LABS.iter().map(|l| l.1)
 }
 
+/// Client on CPU 0, server on CPU 1 (when there are two): on a small
+/// machine unpinned runs swing by a factor of two with placement alone.
+fn cpus() -> Option<(u32, u32)> {
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    (n >= 2).then_some((0, 1))
+}
+
 fn measure_once(p: &Path_, secs: u32, rr_secs: u32, s: &mut Samples) -> Result<()> {
+    let cpus = cpus();
     let _iperf = IperfServer::start(&p.server_ns, 5202)?;
-    s.one
-        .push(iperf3(&p.client_ns, &p.server_ip, 5202, secs, 1)?);
-    s.four
-        .push(iperf3(&p.client_ns, &p.server_ip, 5202, secs, 4)?);
-    let _rr = RrServer::start(&p.server_ns, 5203)?;
+    s.one.push(iperf3_pinned(
+        &p.client_ns,
+        &p.server_ip,
+        5202,
+        secs,
+        1,
+        cpus,
+    )?);
+    s.four.push(iperf3_pinned(
+        &p.client_ns,
+        &p.server_ip,
+        5202,
+        secs,
+        4,
+        cpus,
+    )?);
+    let _rr = RrServer::start(&p.server_ns, 5203, cpus.map(|c| c.1))?;
+    let server = format!("{}:5203", p.server_ip);
     s.rr.push(rr::run_client(
         &p.client_ns,
-        &format!("{}:5203", p.server_ip),
+        &server,
         rr_secs,
+        cpus.map(|c| c.0),
     )?);
     Ok(())
 }
