@@ -32,3 +32,26 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
 }
+
+/// Read-modify-write of the endpoints file under an exclusive lock, so
+/// concurrent CNI calls never lose each other's entries.
+pub fn update(path: &Path, f: impl FnOnce(&mut Vec<LocalEndpoint>)) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let lock_path = path.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    // SAFETY: flock on an fd we own; released when `lock` is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("locking the endpoints file");
+    }
+    let mut eps = load(path)?;
+    f(&mut eps);
+    write_atomic(path, &serde_json::to_string_pretty(&eps)?)
+}

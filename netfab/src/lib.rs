@@ -16,9 +16,11 @@
 //! - [`lab`]: a simulated cluster in network namespaces.
 pub mod addr;
 pub mod agent;
+pub mod cni;
 pub mod control;
 pub mod dataplane;
 pub mod endpoints;
+pub mod ipam;
 pub mod lab;
 pub mod lease;
 pub mod netlink;

@@ -39,6 +39,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Container address allocations: find and free leaks.
+    Ipam {
+        #[command(subcommand)]
+        cmd: commands::ipam::IpamCmd,
+        /// Network namespace of the host to act in.
+        #[arg(long, global = true)]
+        netns: Option<String>,
+    },
     /// Remove everything the dataplane created on this host.
     Cleanup(HostArgs),
     /// Show the datapath's packet, byte and drop counters.
@@ -59,6 +67,7 @@ fn main() -> Result<()> {
         Cmd::Agent(a) => commands::agent::run(a),
         Cmd::Network { cmd, etcd, netns } => commands::network::run(cmd, etcd, netns),
         Cmd::Status { status_file, json } => commands::agent::show_status(status_file, json),
+        Cmd::Ipam { cmd, netns } => commands::ipam::run(cmd, netns),
         Cmd::Cleanup(h) => commands::agent::cleanup(h),
         Cmd::Stats { host, json } => commands::agent::show_stats(host, json),
         Cmd::Lab(cmd) => commands::lab::run(cmd),

@@ -106,6 +106,8 @@ pub struct Controller<'a, D: Dataplane> {
     endpoints: Vec<LocalEndpoint>,
     reported_bad: HashSet<String>,
     written: Option<LeaseFile>,
+    /// Whether the etcd session is up, for `netfab status` and CNI STATUS.
+    connected: bool,
 }
 
 impl<'a, D: Dataplane> Controller<'a, D> {
@@ -127,6 +129,7 @@ impl<'a, D: Dataplane> Controller<'a, D> {
             endpoints: Vec::new(),
             reported_bad: HashSet::new(),
             written: None,
+            connected: false,
         }
     }
 
@@ -168,6 +171,10 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                 }
                 dirty = true;
             }
+            if self.connected != s.is_up() {
+                self.connected = s.is_up();
+                dirty = true;
+            }
             let apply_due = last_apply.is_none_or(|t| t.elapsed() >= self.cfg.resync);
             if (dirty || apply_due) && self.snap.is_some() {
                 self.apply().await;
@@ -176,8 +183,12 @@ impl<'a, D: Dataplane> Controller<'a, D> {
             }
 
             tokio::select! {
-                _ = &mut shutdown => {
+                                _ = &mut shutdown => {
                     info!("shutting down; leases expire after their TTL, the dataplane stays");
+                    // Nobody is answering for this host any more.
+                    if let Some(p) = &self.cfg.status_file {
+                        let _ = std::fs::remove_file(p);
+                    }
                     return Ok(());
                 }
                 msg = next_watch(&mut s.watch) => match msg {
@@ -399,6 +410,7 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                 snap,
                 state,
                 report: r,
+                etcd_connected: self.connected,
             },
             now,
         );

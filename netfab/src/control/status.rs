@@ -23,6 +23,9 @@ pub struct Status {
     pub skipped: Vec<String>,
     /// Seconds since the epoch of the last apply.
     pub applied_at: u64,
+    /// Whether the agent has a live etcd session.
+    #[serde(default)]
+    pub etcd_connected: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +55,7 @@ pub struct StatusInput<'a> {
     pub snap: &'a Snapshot,
     pub state: &'a DesiredState,
     pub report: &'a ApplyReport,
+    pub etcd_connected: bool,
 }
 
 pub fn build(i: StatusInput<'_>, applied_at: u64) -> Status {
@@ -108,6 +112,7 @@ pub fn build(i: StatusInput<'_>, applied_at: u64) -> Status {
         refused: i.report.refused.clone(),
         skipped: i.report.skipped.clone(),
         applied_at,
+        etcd_connected: i.etcd_connected,
     }
 }
 

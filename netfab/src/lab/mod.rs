@@ -5,6 +5,7 @@
 //! by their names and PID files).
 pub mod bench;
 pub mod chart;
+pub mod cni;
 pub mod demo;
 pub mod procs;
 pub mod rr;
@@ -145,12 +146,19 @@ fn build(mut topo: Topology, bpf_object: Option<&Path>) -> Result<Topology> {
                 topo.container_mtu = mtu;
             }
             topo.save(&dir.join("topology.json"))?;
+            // Containers join the way a runtime attaches them: CNI ADD.
             for h in topo.all_hosts() {
                 for c in 1..=topo.containers {
-                    wiring::container(&topo, h, c)?;
+                    sh::ip(&["netns", "add", &topo.container_ns(h, c)])?;
+                    let ip = cni::add(&topo, h, c)?;
+                    topo.assigned.push(topology::AssignedIp {
+                        host: h,
+                        container: c,
+                        ip,
+                    });
                 }
-                write_endpoints(&topo, h)?;
             }
+            topo.save(&dir.join("topology.json"))?;
         }
     }
     wait_programmed(&topo, Duration::from_secs(30))?;
@@ -225,13 +233,14 @@ pub fn etcdctl(topo: &Topology, args: &[&str]) -> Result<String> {
     sh::in_ns(&topo.etcd_ns(), "etcdctl", &refs)
 }
 
-pub fn write_endpoints(topo: &Topology, h: u32) -> Result<()> {
-    let path = state_dir(&topo.name).join(format!("h{h}.endpoints.json"));
-    crate::endpoints::write_atomic(&path, &serde_json::to_string_pretty(&topo.endpoints(h))?)
+/// Host `h`'s run directory: what its agent and its CNI plugin share
+/// (leases.json, endpoints.json, status.json) and its IPAM data.
+pub fn host_dir(name: &str, h: u32) -> PathBuf {
+    state_dir(name).join(format!("h{h}"))
 }
 
 pub fn read_leases(topo: &Topology, h: u32) -> Option<LeaseFile> {
-    let p = state_dir(&topo.name).join(format!("h{h}.leases.json"));
+    let p = host_dir(&topo.name, h).join("leases.json");
     serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
 }
 
@@ -286,7 +295,7 @@ pub fn stop_agent(name: &str, h: u32, hard: bool) -> Result<()> {
 }
 
 fn status_path(name: &str, h: u32) -> PathBuf {
-    state_dir(name).join(format!("h{h}.status.json"))
+    host_dir(name, h).join("status.json")
 }
 
 /// What host `h`'s agent last reported (`netfab status`).

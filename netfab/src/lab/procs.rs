@@ -65,6 +65,7 @@ pub fn agent_name(h: u32) -> String {
 /// Starts host `h`'s agent in the background, in the host's namespace.
 pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result<u32> {
     let dir = state_dir(&topo.name);
+    std::fs::create_dir_all(super::host_dir(&topo.name, h))?;
     let mut cmd;
     if topo.no_bpf_hosts.contains(&h) {
         // eBPF really unavailable: no CAP_BPF, no CAP_SYS_ADMIN. setns needs
@@ -93,7 +94,7 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
     };
     cmd.args(["--node", &topo.host_ns(h), "--dataplane", dataplane])
         .arg("--status-file")
-        .arg(dir.join(format!("h{h}.status.json")))
+        .arg(super::host_dir(&topo.name, h).join("status.json"))
         .arg("--pin-dir")
         .arg(topo.pin_dir(h))
         .args(["--resync-secs", "5"]);
@@ -106,9 +107,9 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
             cmd.args(["--etcd-endpoints", &topo.etcd_url()])
                 .args(["--lease-ttl", &topo.lease_ttl.to_string()])
                 .arg("--endpoints-file")
-                .arg(dir.join(format!("h{h}.endpoints.json")))
+                .arg(super::host_dir(&topo.name, h).join("endpoints.json"))
                 .arg("--lease-file")
-                .arg(dir.join(format!("h{h}.leases.json")));
+                .arg(super::host_dir(&topo.name, h).join("leases.json"));
         }
     }
     if let Some(o) = bpf_object {

@@ -98,6 +98,16 @@ pub struct Topology {
     pub container_mtu: u32,
     /// Known host subnets (all of them once the lab is up).
     pub subnets: Vec<HostSubnet>,
+    /// Container addresses handed out by the CNI plugin (etcd mode).
+    #[serde(default)]
+    pub assigned: Vec<AssignedIp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedIp {
+    pub host: u32,
+    pub container: u32,
+    pub ip: Ipv4Addr,
 }
 
 impl Topology {
@@ -138,6 +148,7 @@ impl Topology {
             direct_routing: true,
             container_mtu: CONTAINER_MTU,
             subnets: Vec::new(),
+            assigned: Vec::new(),
         };
         if control == Control::Static {
             for h in 1..=hosts {
@@ -250,6 +261,13 @@ impl Topology {
         offset(self.subnet_or_panic(h, n), 1)
     }
     pub fn container_ip(&self, h: u32, c: u32) -> Ipv4Addr {
+        if let Some(a) = self
+            .assigned
+            .iter()
+            .find(|a| a.host == h && a.container == c)
+        {
+            return a.ip;
+        }
         let n = self.container_network(c);
         offset(self.subnet_or_panic(h, n), (c - 1) / self.networks + 2)
     }

@@ -1,0 +1,228 @@
+//! Wiring a container: a veth pair with the host end in the host namespace
+//! (MAC ee:ee:ee:ee:ee:ee, like Calico, so every container's gateway has the
+//! same MAC) and the other end moved into the container's namespace, renamed,
+//! addressed without an on-link prefix route (everything goes through the
+//! gateway, i.e. through the datapath), with a default route and a permanent
+//! neighbour entry for the gateway.
+use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressFlags},
+    route::RouteScope,
+};
+use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::{addr::MacAddr, lab::topology::GATEWAY_MAC, netlink::Netlink};
+
+/// Host-side veth name: `nf` + 11 hex digits of a hash of (container, ifname).
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    // FNV-1a: stable across runs and versions, unlike the std hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("nf{:011x}", h & 0xfff_ffff_ffff)
+}
+
+pub struct Wiring<'a> {
+    pub netns: &'a str,
+    pub ifname: &'a str,
+    pub host_ifname: &'a str,
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// Runs `f` with a netlink handle inside the namespace at `path`, on a
+/// thread of its own (a namespace belongs to a thread).
+pub fn in_netns<T: Send + 'static>(
+    path: &str,
+    f: impl FnOnce(Netlink) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>>>>
+        + Send
+        + 'static,
+) -> Result<T> {
+    let path = path.to_string();
+    std::thread::spawn(move || -> Result<T> {
+        let ns = File::open(&path).with_context(|| format!("opening network namespace {path}"))?;
+        // SAFETY: setns on a valid namespace fd; only this thread moves.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("entering {path}: {}", std::io::Error::last_os_error());
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move { f(Netlink::connect()?).await })
+    })
+    .join()
+    .map_err(|_| anyhow!("namespace worker panicked"))?
+}
+
+/// Creates the veth pair and configures both ends. The caller removes the
+/// host end (and with it the pair) if this fails half-way.
+pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<MacAddr> {
+    let peer_tmp = format!("{}p", &w.host_ifname[..w.host_ifname.len().min(14)]);
+    host.handle
+        .link()
+        .add(LinkVeth::new(w.host_ifname, &peer_tmp).build())
+        .execute()
+        .await
+        .with_context(|| format!("creating veth {}", w.host_ifname))?;
+    let links = host.links().await?;
+    let hidx = links
+        .get(w.host_ifname)
+        .map(|l| l.facts.ifindex)
+        .context("host veth vanished")?;
+    let pidx = links
+        .get(&peer_tmp)
+        .map(|l| l.facts.ifindex)
+        .context("peer veth vanished")?;
+    host.handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(hidx)
+                .address(GATEWAY_MAC.0.to_vec())
+                .mtu(w.mtu)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .context("configuring the host veth")?;
+    let ns = File::open(w.netns).with_context(|| format!("opening {}", w.netns))?;
+    host.handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(pidx)
+                .setns_by_fd(ns.as_raw_fd())
+                .build(),
+        )
+        .execute()
+        .await
+        .context("moving the veth into the container")?;
+
+    let mac = MacAddr::container_for(w.address.addr());
+    let (ifname, address, gateway, mtu) = (w.ifname.to_string(), w.address, w.gateway, w.mtu);
+    in_netns(w.netns, move |nl| {
+        Box::pin(async move {
+            let links = nl.links().await?;
+            let idx = links
+                .get(&peer_tmp)
+                .map(|l| l.facts.ifindex)
+                .context("veth not in the container")?;
+            if let Some(lo) = links.get("lo") {
+                nl.handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(lo.facts.ifindex).up().build())
+                    .execute()
+                    .await?;
+            }
+            nl.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(idx)
+                        .name(ifname.clone())
+                        .address(mac.0.to_vec())
+                        .mtu(mtu)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .with_context(|| format!("naming the container interface {ifname}"))?;
+            let mut add = nl.handle.address().add(
+                idx,
+                std::net::IpAddr::V4(address.addr()),
+                address.prefix_len(),
+            );
+            add.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+            add.execute()
+                .await
+                .context("adding the container address")?;
+            let gw_route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(gateway, 32)
+                .output_interface(idx)
+                .scope(RouteScope::Link)
+                .build();
+            nl.handle
+                .route()
+                .add(gw_route)
+                .execute()
+                .await
+                .context("adding the gateway route")?;
+            let default = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+                .gateway(gateway)
+                .output_interface(idx)
+                .build();
+            nl.handle
+                .route()
+                .add(default)
+                .execute()
+                .await
+                .context("adding the default route")?;
+            nl.neigh_replace(&crate::netlink::neigh::Neigh {
+                ifindex: idx,
+                ip: gateway,
+                mac: GATEWAY_MAC,
+            })
+            .await?;
+            Ok(())
+        })
+    })?;
+    Ok(mac)
+}
+
+/// What CHECK compares: the container interface's addresses and whether a
+/// default route via the gateway exists.
+pub fn inspect(netns: &str, ifname: &str) -> Result<Option<(Vec<Ipv4Net>, Vec<Ipv4Addr>)>> {
+    let ifname = ifname.to_string();
+    in_netns(netns, move |nl| {
+        Box::pin(async move {
+            let Some(link) = nl.link(&ifname).await? else {
+                return Ok(None);
+            };
+            let nets = nl.ipv4_nets(link.facts.ifindex).await?;
+            let mut gws = Vec::new();
+            let mut s = nl
+                .handle
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
+            while let Some(r) = s.try_next().await? {
+                if r.header.destination_prefix_length != 0 {
+                    continue;
+                }
+                for a in &r.attributes {
+                    if let netlink_packet_route::route::RouteAttribute::Gateway(
+                        netlink_packet_route::route::RouteAddress::Inet(g),
+                    ) = a
+                    {
+                        gws.push(*g);
+                    }
+                }
+            }
+            Ok(Some((nets, gws)))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_stable_short_and_distinct() {
+        let a = host_ifname("abc", "eth0");
+        assert_eq!(a, host_ifname("abc", "eth0"));
+        assert_eq!(a.len(), 13);
+        assert!(a.starts_with("nf"));
+        assert_ne!(a, host_ifname("abc", "eth1"));
+        assert_ne!(a, host_ifname("abd", "eth0"));
+    }
+}

@@ -1,0 +1,415 @@
+//! `netfab-cni`: the CNI plugin (spec 0.4.0, 1.0.0, 1.1.0; ADD, DEL, CHECK,
+//! VERSION, GC, STATUS).
+//!
+//! How the plugin and the agent talk: through files in the agent's run
+//! directory, not a socket. The agent writes `leases.json` (this host's
+//! subnet per network and the container MTU) and `status.json`; the plugin
+//! writes `endpoints.json` (under a lock) and the agent programs whatever
+//! appears there. Addresses are allocated by the plugin itself in a data
+//! directory (see [`crate::ipam`]). So ADD needs a running agent only for
+//! the lease, and DEL, GC and `netfab ipam` work with the agent down.
+pub mod attach;
+pub mod types;
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use ipnet::Ipv4Net;
+use serde_json::Value;
+
+use self::types::{code, AddResult, CniError, Interface, NetConf, SUPPORTED};
+use crate::{
+    control::{status::Status, LeaseFile},
+    endpoints::{self, LocalEndpoint},
+    ipam::{Allocation, Ipam, IpamError},
+    lab::topology::GATEWAY_MAC,
+    netlink::Netlink,
+};
+
+/// The CNI_* environment, as the runtime set it.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub command: Option<String>,
+    pub container_id: Option<String>,
+    pub netns: Option<String>,
+    pub ifname: Option<String>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Env {
+            command: get("CNI_COMMAND"),
+            container_id: get("CNI_CONTAINERID"),
+            netns: get("CNI_NETNS"),
+            ifname: get("CNI_IFNAME"),
+        }
+    }
+
+    fn require(&self, names: &[&str]) -> Result<(), CniError> {
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| match *n {
+                "CNI_CONTAINERID" => self.container_id.is_none(),
+                "CNI_NETNS" => self.netns.is_none(),
+                "CNI_IFNAME" => self.ifname.is_none(),
+                _ => false,
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::new(
+                code::INVALID_ENV,
+                format!("missing environment variables: {}", missing.join(", ")),
+            ))
+        }
+    }
+}
+
+/// Runs one plugin invocation; returns (exit code, stdout).
+pub fn run(env: &Env, stdin: &[u8]) -> (i32, String) {
+    let mut version = "1.1.0".to_string();
+    match dispatch(env, stdin, &mut version) {
+        Ok(Some(v)) => (0, v.to_string()),
+        Ok(None) => (0, String::new()),
+        Err(e) => (1, e.to_json(&version).to_string()),
+    }
+}
+
+fn dispatch(env: &Env, stdin: &[u8], version: &mut String) -> Result<Option<Value>, CniError> {
+    let Some(cmd) = env.command.as_deref() else {
+        return Err(CniError::new(code::INVALID_ENV, "CNI_COMMAND is not set"));
+    };
+    if cmd == "VERSION" {
+        let asked = serde_json::from_slice::<Value>(stdin)
+            .ok()
+            .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+            .filter(|v| SUPPORTED.contains(&v.as_str()))
+            .unwrap_or_else(|| "1.1.0".into());
+        return Ok(Some(
+            serde_json::json!({"cniVersion": asked, "supportedVersions": SUPPORTED}),
+        ));
+    }
+    let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::new(code::DECODE, "cannot decode the network configuration")
+            .details(e.to_string())
+    })?;
+    *version = conf.negotiate()?;
+    if conf.kind != "netfab-cni" && conf.kind != "netfab" {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("type is `{}`, not netfab-cni", conf.kind),
+        ));
+    }
+    match cmd {
+        "ADD" => add(env, &conf, version).map(Some),
+        "DEL" => del(env, &conf).map(|()| None),
+        "CHECK" => check(env, &conf).map(|()| None),
+        "GC" => gc(&conf).map(|()| None),
+        "STATUS" => status(&conf).map(|()| None),
+        other => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_COMMAND `{other}` is not supported"),
+        )),
+    }
+}
+
+fn run_dir(conf: &NetConf) -> PathBuf {
+    PathBuf::from(&conf.run_dir)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::new(code::IO, "cannot start a runtime").details(e.to_string()))
+}
+
+/// This host's subnet in the configured network, and the container MTU.
+fn lease(conf: &NetConf) -> Result<(Ipv4Net, u32), CniError> {
+    let path = run_dir(conf).join("leases.json");
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        CniError::new(code::TRY_AGAIN, "this host has no subnet yet").details(format!(
+            "{} is missing: is the netfab agent running?",
+            path.display()
+        ))
+    })?;
+    let lf: LeaseFile = serde_json::from_str(&text).map_err(|e| {
+        CniError::new(code::IO, format!("{} is unreadable", path.display())).details(e.to_string())
+    })?;
+    let subnet = lf.subnets.get(&conf.network).copied().ok_or_else(|| {
+        let known: Vec<&String> = lf.subnets.keys().collect();
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("network `{}` does not exist on this host", conf.network),
+        )
+        .details(format!("networks with a subnet here: {known:?}"))
+    })?;
+    Ok((subnet, lf.mtu))
+}
+
+fn endpoints_file(conf: &NetConf) -> PathBuf {
+    run_dir(conf).join("endpoints.json")
+}
+
+fn ipam(conf: &NetConf) -> Result<Ipam, CniError> {
+    Ok(Ipam::open(
+        std::path::Path::new(&conf.data_dir),
+        &conf.network,
+    )?)
+}
+
+fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
+    env.require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"])?;
+    let (cid, netns, ifname) = (
+        env.container_id.clone().unwrap_or_default(),
+        env.netns.clone().unwrap_or_default(),
+        env.ifname.clone().unwrap_or_default(),
+    );
+    if !std::path::Path::new(&netns).exists() {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_NETNS {netns} does not exist"),
+        ));
+    }
+    if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_IFNAME `{ifname}` is not a valid interface name"),
+        ));
+    }
+    let (subnet, mtu) = lease(conf)?;
+    let ipam = ipam(conf)?;
+    let host_ifname = attach::host_ifname(&cid, &ifname);
+    let alloc = Allocation {
+        container_id: cid.clone(),
+        ifname: ifname.clone(),
+        netns: netns.clone(),
+        host_ifname: host_ifname.clone(),
+    };
+    let ip = ipam.allocate(subnet, &alloc).map_err(|e| match e {
+        IpamError::Exhausted(_) => CniError::new(code::EXHAUSTED, e.to_string()),
+        IpamError::Io(e) => e.into(),
+    })?;
+    let gateway = Ipam::gateway(subnet);
+    let address = Ipv4Net::new(ip, subnet.prefix_len()).expect("prefix from a valid subnet");
+    let wired = runtime()?.block_on(async {
+        let host = Netlink::connect()?;
+        // A retried ADD finds its own leftovers: start from scratch.
+        let _ = host.delete(&host_ifname).await;
+        let w = attach::Wiring {
+            netns: &netns,
+            ifname: &ifname,
+            host_ifname: &host_ifname,
+            address,
+            gateway,
+            mtu,
+        };
+        let r = attach::wire(&host, &w).await;
+        if r.is_err() {
+            let _ = host.delete(&host_ifname).await;
+        }
+        r
+    });
+    let mac = match wired {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = ipam.release(&cid, &ifname);
+            return Err(
+                CniError::new(code::IO, "cannot wire the container").details(format!("{e:#}"))
+            );
+        }
+    };
+    let ep = LocalEndpoint {
+        ip,
+        network: conf.network.clone(),
+        host_ifname: host_ifname.clone(),
+        mac,
+    };
+    if let Err(e) = endpoints::update(&endpoints_file(conf), |eps| {
+        eps.retain(|x| x.ip != ep.ip && x.host_ifname != ep.host_ifname);
+        eps.push(ep.clone());
+    }) {
+        let _ = ipam.release(&cid, &ifname);
+        let _ = runtime()
+            .map(|rt| rt.block_on(async { Netlink::connect()?.delete(&host_ifname).await }));
+        return Err(e.into());
+    }
+    let result = AddResult {
+        interfaces: vec![
+            Interface {
+                name: host_ifname,
+                mac: GATEWAY_MAC.to_string(),
+                sandbox: None,
+                mtu: None,
+            },
+            Interface {
+                name: ifname,
+                mac: mac.to_string(),
+                sandbox: Some(netns),
+                mtu: None,
+            },
+        ],
+        address,
+        gateway,
+        interface: 1,
+        mtu,
+    };
+    Ok(result.to_json(version, conf.prev_result.as_ref()))
+}
+
+/// Removes the host veth (and so the pair) if it exists.
+fn remove_veth(host_ifname: &str) -> Result<(), CniError> {
+    runtime()?.block_on(async { Netlink::connect()?.delete(host_ifname).await.map(|_| ()) })?;
+    Ok(())
+}
+
+fn forget_endpoint(
+    conf: &NetConf,
+    host_ifname: &str,
+    ips: &[std::net::Ipv4Addr],
+) -> Result<(), CniError> {
+    endpoints::update(&endpoints_file(conf), |eps| {
+        eps.retain(|e| e.host_ifname != host_ifname && !ips.contains(&e.ip))
+    })?;
+    Ok(())
+}
+
+fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    env.require(&["CNI_CONTAINERID", "CNI_IFNAME"])?;
+    let cid = env.container_id.clone().unwrap_or_default();
+    let ifname = env.ifname.clone().unwrap_or_default();
+    let host_ifname = attach::host_ifname(&cid, &ifname);
+    // Each step tolerates what is already gone; DEL must be repeatable.
+    let freed = ipam(conf)?.release(&cid, &ifname)?;
+    remove_veth(&host_ifname)?;
+    forget_endpoint(conf, &host_ifname, &freed)?;
+    Ok(())
+}
+
+fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    env.require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"])?;
+    let cid = env.container_id.clone().unwrap_or_default();
+    let ifname = env.ifname.clone().unwrap_or_default();
+    let netns = env.netns.clone().unwrap_or_default();
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult"))?;
+    let want: Option<Ipv4Net> = prev["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["address"].as_str()?.parse().ok())
+        .next();
+    let want_gw: Option<std::net::Ipv4Addr> = prev["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["gateway"].as_str()?.parse().ok())
+        .next();
+    let mut problems = Vec::new();
+    let held: Vec<_> = ipam(conf)?
+        .list()?
+        .into_iter()
+        .filter(|(_, a)| a.container_id == cid && a.ifname == ifname)
+        .collect();
+    match (&want, held.first()) {
+        (Some(w), Some((ip, _))) if w.addr() != *ip => {
+            problems.push(format!("allocation is {ip}, result says {w}"))
+        }
+        (_, None) => problems.push("no address is allocated for this attachment".into()),
+        _ => {}
+    }
+    let host_ifname = attach::host_ifname(&cid, &ifname);
+    let host_ok = runtime()?
+        .block_on(async { Netlink::connect()?.link(&host_ifname).await })?
+        .is_some();
+    if !host_ok {
+        problems.push(format!("host veth {host_ifname} is missing"));
+    }
+    match attach::inspect(&netns, &ifname) {
+        Ok(None) => problems.push(format!("interface {ifname} is missing in {netns}")),
+        Ok(Some((nets, gws))) => {
+            if let Some(w) = want {
+                if !nets.contains(&w) {
+                    problems.push(format!("{ifname} has {nets:?}, expected {w}"));
+                }
+            }
+            if let Some(g) = want_gw {
+                if !gws.contains(&g) {
+                    problems.push(format!("no default route via {g} (have {gws:?})"));
+                }
+            }
+        }
+        Err(e) => problems.push(format!("cannot inspect {netns}: {e:#}")),
+    }
+    let registered = endpoints::load(&endpoints_file(conf))?
+        .iter()
+        .any(|e| e.host_ifname == host_ifname);
+    if !registered {
+        problems.push("the endpoint is not registered with the agent".into());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(
+            CniError::new(code::CHECK_FAILED, "attachment differs from the ADD result")
+                .details(problems.join("; ")),
+        )
+    }
+}
+
+/// Releases every allocation of this network not in the valid list.
+fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid: BTreeSet<(String, String)> = conf
+        .valid_attachments
+        .iter()
+        .flatten()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
+    let ipam = ipam(conf)?;
+    for (ip, a) in ipam.list()? {
+        if valid.contains(&(a.container_id.clone(), a.ifname.clone())) {
+            continue;
+        }
+        ipam.release_ip(ip)?;
+        remove_veth(&a.host_ifname)?;
+        forget_endpoint(conf, &a.host_ifname, &[ip])?;
+    }
+    Ok(())
+}
+
+/// Ready when the agent reports recently and is connected to etcd.
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let path = run_dir(conf).join("status.json");
+    let st: Status = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or_else(|| {
+            CniError::new(code::NOT_AVAILABLE, "the netfab agent is not running")
+                .details(format!("no status at {}", path.display()))
+        })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let age = now.saturating_sub(st.applied_at);
+    if age > STALE_SECS {
+        return Err(
+            CniError::new(code::NOT_AVAILABLE, "the netfab agent is not responding")
+                .details(format!("its last report is {age} s old")),
+        );
+    }
+    if !st.etcd_connected {
+        return Err(CniError::new(
+            code::NOT_AVAILABLE,
+            "the netfab agent cannot reach etcd",
+        ));
+    }
+    Ok(())
+}
+
+/// The agent reports at least every resync interval (10 s by default).
+const STALE_SECS: u64 = 30;

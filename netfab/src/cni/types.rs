@@ -1,0 +1,249 @@
+//! CNI wire types: the network configuration on stdin, results and errors
+//! on stdout, and version negotiation. Spec versions 0.4.0, 1.0.0, 1.1.0.
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const SUPPORTED: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
+
+/// Well-known error codes of the CNI specification.
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO: u32 = 5;
+    pub const DECODE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN: u32 = 11;
+    /// STATUS: cannot service ADD requests.
+    pub const NOT_AVAILABLE: u32 = 50;
+    /// Plugin-specific: CHECK found the attachment not as it should be.
+    pub const CHECK_FAILED: u32 = 100;
+    /// Plugin-specific: the host's subnet has no free address.
+    pub const EXHAUSTED: u32 = 101;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: u32, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+    pub fn details(mut self, d: impl Into<String>) -> Self {
+        self.details = d.into();
+        self
+    }
+    pub fn to_json(&self, version: &str) -> Value {
+        serde_json::json!({"cniVersion": version, "code": self.code, "msg": self.msg, "details": self.details})
+    }
+}
+
+impl From<anyhow::Error> for CniError {
+    fn from(e: anyhow::Error) -> Self {
+        CniError::new(code::IO, "I/O failure").details(format!("{e:#}"))
+    }
+}
+
+/// The plugin's network configuration (`type: netfab-cni`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    #[serde(default)]
+    pub cni_versions: Vec<String>,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The netfab network (as in `netfab network create`).
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// Where the local agent keeps leases.json, endpoints.json, status.json.
+    #[serde(default = "default_run_dir")]
+    pub run_dir: String,
+    /// Where address allocations are kept (must survive reboots).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: String,
+    #[serde(default)]
+    pub prev_result: Option<Value>,
+    /// GC: the attachments that are still valid.
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+fn default_network() -> String {
+    "default".into()
+}
+fn default_run_dir() -> String {
+    "/run/netfab".into()
+}
+fn default_data_dir() -> String {
+    "/var/lib/netfab/ipam".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
+    let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((it.next()??, it.next()??, it.next()??))
+}
+
+impl NetConf {
+    /// The version to speak: the highest of `cniVersions` we support, else
+    /// `cniVersion` if we support it.
+    pub fn negotiate(&self) -> Result<String, CniError> {
+        let mut offered: Vec<&str> = self.cni_versions.iter().map(String::as_str).collect();
+        offered.push(&self.cni_version);
+        offered
+            .into_iter()
+            .filter(|v| SUPPORTED.contains(v))
+            .max_by_key(|v| parse_version(v))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                CniError::new(
+                    code::INCOMPATIBLE_VERSION,
+                    format!("unsupported cniVersion {}", self.cni_version),
+                )
+                .details(format!("netfab-cni supports {}", SUPPORTED.join(", ")))
+            })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Interface {
+    pub name: String,
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddResult {
+    pub interfaces: Vec<Interface>,
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// Index of the container interface in `interfaces`.
+    pub interface: usize,
+    pub mtu: u32,
+}
+
+impl AddResult {
+    /// The result JSON in the negotiated version, appended to a previous
+    /// plugin's result when there is one.
+    pub fn to_json(&self, version: &str, prev: Option<&Value>) -> Value {
+        let mut interfaces: Vec<Value> = prev
+            .and_then(|p| p["interfaces"].as_array().cloned())
+            .unwrap_or_default();
+        let base = interfaces.len();
+        interfaces.extend(
+            self.interfaces
+                .iter()
+                .map(|i| serde_json::to_value(i).expect("plain struct")),
+        );
+        let mut ips: Vec<Value> = prev
+            .and_then(|p| p["ips"].as_array().cloned())
+            .unwrap_or_default();
+        let mut ip = serde_json::json!({
+            "address": self.address.to_string(),
+            "gateway": self.gateway.to_string(),
+            "interface": base + self.interface,
+        });
+        if version == "0.4.0" {
+            ip["version"] = "4".into();
+        }
+        ips.push(ip);
+        let mut routes: Vec<Value> = prev
+            .and_then(|p| p["routes"].as_array().cloned())
+            .unwrap_or_default();
+        routes.push(serde_json::json!({"dst": "0.0.0.0/0", "gw": self.gateway.to_string()}));
+        let mut out = serde_json::json!({
+            "cniVersion": version,
+            "interfaces": interfaces,
+            "ips": ips,
+            "routes": routes,
+            "dns": prev.map(|p| p["dns"].clone()).filter(|d| !d.is_null()).unwrap_or(serde_json::json!({})),
+        });
+        // CNI 1.1 results may carry the interface MTU.
+        if version == "1.1.0" {
+            if let Some(ifs) = out["interfaces"].as_array_mut() {
+                if let Some(i) = ifs.get_mut(base + self.interface) {
+                    i["mtu"] = self.mtu.into();
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(j: &str) -> NetConf {
+        serde_json::from_str(j).unwrap()
+    }
+
+    #[test]
+    fn negotiates_the_highest_supported_version() {
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","cniVersions":["1.0.0","1.1.0","9.9.9"],"name":"n","type":"netfab-cni"}"#,
+        );
+        assert_eq!(c.negotiate().unwrap(), "1.1.0");
+        let c = conf(r#"{"cniVersion":"0.4.0","name":"n","type":"netfab-cni"}"#);
+        assert_eq!(c.negotiate().unwrap(), "0.4.0");
+        let c = conf(r#"{"cniVersion":"0.3.1","name":"n","type":"netfab-cni"}"#);
+        assert_eq!(c.negotiate().unwrap_err().code, code::INCOMPATIBLE_VERSION);
+    }
+
+    #[test]
+    fn result_appends_to_a_previous_result_and_follows_the_version() {
+        let r = AddResult {
+            interfaces: vec![
+                Interface {
+                    name: "nfabc".into(),
+                    mac: "ee:ee:ee:ee:ee:ee".into(),
+                    sandbox: None,
+                    mtu: None,
+                },
+                Interface {
+                    name: "eth0".into(),
+                    mac: "0a:6e:0a:f4:01:02".into(),
+                    sandbox: Some("/var/run/netns/x".into()),
+                    mtu: None,
+                },
+            ],
+            address: "10.244.1.2/24".parse().unwrap(),
+            gateway: "10.244.1.1".parse().unwrap(),
+            interface: 1,
+            mtu: 1450,
+        };
+        let prev = serde_json::json!({"interfaces":[{"name":"lo0","mac":"00:00:00:00:00:00"}],"ips":[],"dns":{"nameservers":["1.1.1.1"]}});
+        let j = r.to_json("1.1.0", Some(&prev));
+        assert_eq!(j["interfaces"].as_array().unwrap().len(), 3);
+        assert_eq!(j["ips"][0]["interface"], 2);
+        assert_eq!(j["interfaces"][2]["mtu"], 1450);
+        assert_eq!(j["dns"]["nameservers"][0], "1.1.1.1");
+        assert!(j["ips"][0].get("version").is_none());
+        let old = r.to_json("0.4.0", None);
+        assert_eq!(old["ips"][0]["version"], "4");
+        assert!(old["interfaces"][1].get("mtu").is_none());
+    }
+}

@@ -1,0 +1,393 @@
+//! The CNI plugin driven exactly as a runtime drives it: the netfab-cni
+//! binary, CNI_* variables, configuration on stdin, run in the host's
+//! network namespace.
+use std::{collections::BTreeSet, process::Command, time::Duration};
+
+use netfab::{
+    cni::attach::host_ifname,
+    dataplane::select::Choice,
+    endpoints,
+    ipam::Ipam,
+    lab::{self, cni, demo::ping, sh, topology::Topology},
+};
+use netfab_tests::{guards::LabGuard, require_privileges, wait_for};
+use serde_json::{json, Value};
+
+fn env<'a>(cmd: &'a str, id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut e = vec![("CNI_COMMAND", cmd), ("CNI_IFNAME", "eth0")];
+    if !id.is_empty() {
+        e.push(("CNI_CONTAINERID", id));
+    }
+    if !netns.is_empty() {
+        e.push(("CNI_NETNS", netns));
+    }
+    e
+}
+
+fn call(t: &Topology, cmd: &str, id: &str, netns: &str, conf: &Value) -> (bool, Value) {
+    cni::invoke(t, 1, &env(cmd, id, netns), conf.to_string().as_bytes()).unwrap()
+}
+
+fn new_container(t: &Topology, suffix: &str) -> (String, String) {
+    let ns = format!("{}-{suffix}", t.name);
+    sh::ip(&["netns", "add", &ns]).unwrap();
+    let path = format!("/run/netns/{ns}");
+    (ns, path)
+}
+
+fn host_links(t: &Topology) -> BTreeSet<String> {
+    sh::ip_in(&t.host_ns(1), &["-o", "link", "show"])
+        .unwrap()
+        .lines()
+        .filter_map(|l| Some(l.split(':').nth(1)?.trim().split('@').next()?.to_string()))
+        .collect()
+}
+
+fn allocations(t: &Topology) -> usize {
+    Ipam::open(&lab::host_dir(&t.name, 1).join("ipam"), "default")
+        .unwrap()
+        .list()
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn add_check_del_del_version_and_reachability() {
+    require_privileges!();
+    let lab = LabGuard::up("cnil", 2, 1);
+    let t = &lab.topo;
+    let conf = cni::conf(t, 1, "default");
+    let (id, netns) = new_container(t, "x1");
+    let (ok, r) = call(t, "ADD", &id, &netns, &conf);
+    assert!(ok, "{r}");
+    assert_eq!(r["cniVersion"], "1.1.0");
+    let ifs = r["interfaces"].as_array().unwrap();
+    assert_eq!(ifs[0]["name"], host_ifname(&id, "eth0"));
+    assert_eq!(ifs[1]["name"], "eth0");
+    assert_eq!(ifs[1]["sandbox"], netns.as_str());
+    assert_eq!(ifs[1]["mtu"], 1450);
+    assert_eq!(r["ips"][0]["interface"], 1);
+    let addr: ipnet::Ipv4Net = r["ips"][0]["address"].as_str().unwrap().parse().unwrap();
+    let subnet = t.subnet(1, 1).unwrap();
+    assert!(subnet.contains(&addr.addr()) && addr.prefix_len() == subnet.prefix_len());
+    assert_eq!(r["ips"][0]["gateway"], Ipam::gateway(subnet).to_string());
+    assert_eq!(
+        r["routes"][0],
+        json!({"dst": "0.0.0.0/0", "gw": Ipam::gateway(subnet).to_string()})
+    );
+
+    // The datapath picks it up: it reaches a container on the other host.
+    wait_for(
+        "the agent to program the new endpoint",
+        Duration::from_secs(10),
+        || (lab::read_status(t, 1)?.endpoints == 2).then_some(()),
+    );
+    let st = ping(&id, &t.container_ip(2, 1).to_string(), 3, "0.05").unwrap();
+    assert_eq!(st.received, 3);
+
+    let mut check = conf.clone();
+    check["prevResult"] = r.clone();
+    let (ok, out) = call(t, "CHECK", &id, &netns, &check);
+    assert!(ok, "CHECK of a healthy attachment: {out}");
+    // Break it: CHECK reports what differs.
+    sh::ip_in(&id, &["addr", "flush", "dev", "eth0"]).unwrap();
+    let (ok, out) = call(t, "CHECK", &id, &netns, &check);
+    assert!(!ok);
+    assert_eq!(out["code"], 100);
+    assert!(
+        out["details"].as_str().unwrap().contains("eth0 has []"),
+        "{out}"
+    );
+
+    let (ok, out) = call(t, "DEL", &id, &netns, &conf);
+    assert!(ok, "{out}");
+    assert!(
+        !host_links(t).contains(&host_ifname(&id, "eth0")),
+        "veth removed"
+    );
+    assert_eq!(
+        allocations(t),
+        1,
+        "only the lab's own container holds an address"
+    );
+    let eps = endpoints::load(&lab::host_dir(&t.name, 1).join("endpoints.json")).unwrap();
+    assert_eq!(eps.len(), 1, "endpoint unregistered");
+    let (ok, out) = call(t, "DEL", &id, &netns, &conf);
+    assert!(ok, "a second DEL succeeds: {out}");
+    sh::ip(&["netns", "del", &id]).unwrap();
+    let (ok, out) = call(t, "DEL", &id, "", &conf);
+    assert!(ok, "DEL with the namespace gone: {out}");
+
+    let (ok, v) = call(t, "VERSION", "", "", &json!({"cniVersion": "1.0.0"}));
+    assert!(ok);
+    assert_eq!(v["cniVersion"], "1.0.0");
+    assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+
+    // An older runtime speaking 0.4.0 gets a 0.4.0 result.
+    let (id, netns) = new_container(t, "x2");
+    let mut old = conf.clone();
+    old["cniVersion"] = "0.4.0".into();
+    old.as_object_mut().unwrap().remove("cniVersions");
+    let (ok, r) = call(t, "ADD", &id, &netns, &old);
+    assert!(ok, "{r}");
+    assert_eq!(r["cniVersion"], "0.4.0");
+    assert_eq!(r["ips"][0]["version"], "4");
+    assert!(call(t, "DEL", &id, &netns, &old).0);
+}
+
+#[test]
+fn status_follows_the_agent_and_etcd() {
+    require_privileges!();
+    let lab = LabGuard::up("cnis", 1, 1);
+    let t = &lab.topo;
+    let conf = cni::conf(t, 1, "default");
+    let status = || call(t, "STATUS", "", "", &conf);
+    assert!(status().0, "ready: {}", status().1);
+    lab::stop_agent(&t.name, 1, false).unwrap();
+    let (ok, out) = status();
+    assert!(!ok);
+    assert_eq!(out["code"], 50);
+    assert!(
+        out["msg"].as_str().unwrap().contains("not running"),
+        "{out}"
+    );
+    lab::start_agent(t, 1, None).unwrap();
+    wait_for("ready again", Duration::from_secs(15), || {
+        status().0.then_some(())
+    });
+    lab::stop_etcd(t).unwrap();
+    let out = wait_for("not ready without etcd", Duration::from_secs(20), || {
+        let (ok, out) = status();
+        (!ok).then_some(out)
+    });
+    assert_eq!(out["code"], 50);
+    assert!(
+        out["msg"].as_str().unwrap().contains("cannot reach etcd"),
+        "{out}"
+    );
+    lab::start_etcd(t).unwrap();
+    wait_for("ready once etcd is back", Duration::from_secs(20), || {
+        status().0.then_some(())
+    });
+}
+
+#[test]
+fn fifty_concurrent_adds_get_distinct_addresses_and_all_are_released() {
+    require_privileges!();
+    let lab = LabGuard::up("cnic", 1, 1);
+    let t = lab.topo.clone();
+    let before = allocations(&t);
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                let (id, netns) = new_container(&t, &format!("p{i}"));
+                let (ok, r) = call(&t, "ADD", &id, &netns, &cni::conf(&t, 1, "default"));
+                assert!(ok, "{r}");
+                (
+                    id,
+                    netns,
+                    r["ips"][0]["address"].as_str().unwrap().to_string(),
+                )
+            })
+        })
+        .collect();
+    let added: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let distinct: BTreeSet<&String> = added.iter().map(|a| &a.2).collect();
+    assert_eq!(distinct.len(), 50, "50 distinct addresses");
+    assert_eq!(allocations(&t), before + 50);
+    let eps = endpoints::load(&lab::host_dir(&t.name, 1).join("endpoints.json")).unwrap();
+    assert_eq!(
+        eps.len(),
+        51,
+        "every ADD registered its endpoint (none lost to a race)"
+    );
+    let handles: Vec<_> = added
+        .into_iter()
+        .map(|(id, netns, _)| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                assert!(call(&t, "DEL", &id, &netns, &cni::conf(&t, 1, "default")).0)
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(allocations(&t), before, "all released");
+    assert_eq!(
+        endpoints::load(&lab::host_dir(&t.name, 1).join("endpoints.json"))
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn malformed_input_gets_the_spec_error_code_and_leaves_nothing_behind() {
+    require_privileges!();
+    let lab = LabGuard::up("cnim", 1, 1);
+    let t = &lab.topo;
+    let (id, netns) = new_container(t, "m1");
+    let links = host_links(t);
+    let allocs = allocations(t);
+    let good = cni::conf(t, 1, "default");
+    let mut unknown_version = good.clone();
+    unknown_version["cniVersion"] = "9.9.9".into();
+    unknown_version
+        .as_object_mut()
+        .unwrap()
+        .remove("cniVersions");
+    let mut unknown_net = good.clone();
+    unknown_net["network"] = "nope".into();
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u64);
+    let cases: Vec<Case> = vec![
+        (
+            "invalid JSON",
+            env("ADD", &id, &netns),
+            b"{not json".to_vec(),
+            6,
+        ),
+        (
+            "unknown cniVersion",
+            env("ADD", &id, &netns),
+            unknown_version.to_string().into_bytes(),
+            1,
+        ),
+        (
+            "missing CNI_NETNS",
+            env("ADD", &id, ""),
+            good.to_string().into_bytes(),
+            4,
+        ),
+        (
+            "missing CNI_COMMAND",
+            vec![("CNI_CONTAINERID", id.as_str())],
+            good.to_string().into_bytes(),
+            4,
+        ),
+        (
+            "unknown network",
+            env("ADD", &id, &netns),
+            unknown_net.to_string().into_bytes(),
+            7,
+        ),
+    ];
+    for (what, e, stdin, code) in cases {
+        let (ok, out) = cni::invoke(t, 1, &e, &stdin).unwrap();
+        assert!(!ok, "{what} must fail");
+        assert_eq!(out["code"], code, "{what}: {out}");
+        assert!(
+            !out["msg"].as_str().unwrap().is_empty(),
+            "{what}: a message"
+        );
+        assert_eq!(host_links(t), links, "{what}: no veth left behind");
+        assert_eq!(allocations(t), allocs, "{what}: no address left allocated");
+    }
+    let (_, out) = cni::invoke(t, 1, &env("ADD", &id, ""), good.to_string().as_bytes()).unwrap();
+    assert!(
+        out["msg"].as_str().unwrap().contains("CNI_NETNS"),
+        "names the variable: {out}"
+    );
+}
+
+#[test]
+fn leaks_are_found_and_freed_by_release_and_by_gc() {
+    require_privileges!();
+    let lab = LabGuard::up("cnik", 1, 1);
+    let t = &lab.topo;
+    let conf = cni::conf(t, 1, "default");
+    let data = lab::host_dir(&t.name, 1).join("ipam");
+    let ipam_cli = |verb: &str| {
+        let out = Command::new(lab::netfab_binary().unwrap())
+            .args(["ipam", verb, "--netns", &t.host_ns(1), "--data-dir"])
+            .arg(&data)
+            .arg("--run-dir")
+            .arg(lab::host_dir(&t.name, 1))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ipam_check = || {
+        let out = Command::new(lab::netfab_binary().unwrap())
+            .args(["ipam", "check", "--netns", &t.host_ns(1), "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // A container whose namespace is deleted without DEL.
+    let (id, netns) = new_container(t, "k1");
+    let (ok, r) = call(t, "ADD", &id, &netns, &conf);
+    assert!(ok, "{r}");
+    let leaked = r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    sh::ip(&["netns", "del", &id]).unwrap();
+    let report = ipam_check();
+    assert!(
+        report.contains(&leaked) && report.contains("is gone") && report.contains("1 leaked"),
+        "{report}"
+    );
+    assert!(ipam_cli("release").contains(&format!("released {leaked}")));
+    assert!(ipam_check().contains("0 leaked"));
+    assert_eq!(allocations(t), 1);
+
+    // GC: everything not in the valid list goes; the listed one stays.
+    let (id2, netns2) = new_container(t, "k2");
+    assert!(call(t, "ADD", &id2, &netns2, &conf).0);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] =
+        json!([{"containerID": t.container_ns(1, 1), "ifname": "eth0"}]);
+    let (ok, out) = call(t, "GC", "", "", &gc);
+    assert!(ok, "{out}");
+    assert_eq!(
+        allocations(t),
+        1,
+        "only the valid attachment keeps its address"
+    );
+    assert!(
+        !host_links(t).contains(&host_ifname(&id2, "eth0")),
+        "GC removed its veth"
+    );
+    let st = ping(&t.container_ns(1, 1), &t.host_ip(1).to_string(), 1, "0.05").unwrap();
+    assert_eq!(st.received, 1, "the valid container still works");
+}
+
+#[test]
+fn plugin_containers_reach_each_other_through_ebpf_and_through_kernel_vxlan() {
+    require_privileges!();
+    for (name, backend) in [("cnx-e", Choice::Ebpf), ("cnx-v", Choice::Vxlan)] {
+        let mut t = Topology::new(name, 2, 1).unwrap();
+        t.dataplane = backend;
+        t.direct_routing = false;
+        let lab = LabGuard::up_with(t);
+        let t = &lab.topo;
+        // The lab attached these containers through the plugin.
+        let links = host_links(t);
+        assert!(
+            links.contains(&host_ifname(&t.container_ns(1, 1), "eth0")),
+            "{links:?}"
+        );
+        let st = ping(
+            &t.container_ns(1, 1),
+            &t.container_ip(2, 1).to_string(),
+            3,
+            "0.05",
+        )
+        .unwrap();
+        assert_eq!(st.received, 3, "{backend:?}");
+        if backend == Choice::Ebpf {
+            assert!(lab.counters(1).traffic["to_overlay"].packets >= 3);
+        }
+    }
+}
