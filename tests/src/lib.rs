@@ -9,6 +9,7 @@ pub mod frames;
 pub mod guards;
 pub mod pcap;
 pub mod sockets;
+pub mod traffic;
 
 use std::time::{Duration, Instant};
 

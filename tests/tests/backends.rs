@@ -4,7 +4,7 @@
 //! egress masquerade.
 use std::{
     collections::BTreeSet,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -18,7 +18,13 @@ use netfab::{
         topology::{Topology, WAN_IP},
     },
 };
-use netfab_tests::{capture::Capture, guards::LabGuard, pcap, require_privileges, wait_for};
+use netfab_tests::{
+    capture::Capture,
+    guards::LabGuard,
+    pcap, require_privileges,
+    traffic::{vxlan_frames, Pinger},
+    wait_for,
+};
 
 fn lab(name: &str, backend: Choice, hosts: u32, containers: u32) -> LabGuard {
     let mut t = Topology::new(name, hosts, containers).unwrap();
@@ -171,33 +177,18 @@ fn restart(b: Choice) {
     require_privileges!();
     let lab = lab(&format!("rs-{}", short(b)), b, 2, 1);
     let t = lab.topo.clone();
-    let pinger = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.container_ns(1, 1),
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            "400",
-            "-i",
-            "0.01",
-            "-W",
-            "1",
-        ])
-        .arg(t.container_ip(2, 1).to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let pinger = Pinger::start(
+        &t.container_ns(1, 1),
+        &t.container_ip(2, 1).to_string(),
+        400,
+    );
     std::thread::sleep(Duration::from_millis(800));
     for h in [1, 2] {
         lab::stop_agent(&t.name, h, true).unwrap();
         lab::start_agent(&t, h, None).unwrap();
         lab::wait_host_programmed(&t, h, Duration::from_secs(15)).unwrap();
     }
-    let out = pinger.wait_with_output().unwrap();
-    let st = parse_ping(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let st = pinger.finish();
     eprintln!(
         "{b:?}: {}/{} pings answered across two agent kills",
         st.received, st.sent
@@ -300,20 +291,19 @@ fn mixed_cluster_with_ebpf_really_unavailable_on_one_host() {
     );
     assert!(shown.contains("vxlan    direct routing is off"), "{shown}");
 
-    let cap = Capture::start(&t.underlay_ns(), "br0", "udp port 4789", 4);
-    let st = ping(
-        &t.container_ns(1, 1),
-        &t.container_ip(2, 1).to_string(),
-        2,
-        "0.05",
-    )
-    .unwrap();
-    assert_eq!(st.received, 2);
-    let file = cap.finish(Duration::from_secs(10));
-    let frames: Vec<_> = pcap::packets(&file)
-        .into_iter()
-        .filter_map(|f| pcap::parse_vxlan(f, 4789))
-        .collect();
+    let frames: Vec<_> = vxlan_frames(&t.underlay_ns(), 4, || {
+        let st = ping(
+            &t.container_ns(1, 1),
+            &t.container_ip(2, 1).to_string(),
+            2,
+            "0.05",
+        )
+        .unwrap();
+        assert_eq!(st.received, 2);
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     assert_eq!(frames.len(), 4);
     let senders: BTreeSet<_> = frames.iter().map(|f| f.outer_src).collect();
     assert_eq!(senders.len(), 2, "both hosts encapsulate: {frames:?}");

@@ -2,7 +2,7 @@
 //! death, etcd outages, partitions, isolation between networks, bad data.
 use std::{
     collections::BTreeSet,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -11,13 +11,13 @@ use netfab::{
     dataplane::ebpf::maps::BpfMaps,
     lab::{
         self,
-        demo::{parse_ping, ping},
+        demo::ping,
         procs, sh,
         topology::{Control, Topology},
         wiring,
     },
 };
-use netfab_tests::{guards::LabGuard, require_privileges, wait_for};
+use netfab_tests::{guards::LabGuard, require_privileges, traffic::Pinger, wait_for};
 
 fn remote_subnets(t: &Topology, h: u32) -> BTreeSet<Ipv4Net> {
     BpfMaps::open(&t.pin_dir(h))
@@ -28,35 +28,6 @@ fn remote_subnets(t: &Topology, h: u32) -> BTreeSet<Ipv4Net> {
 
 fn lease_of(t: &Topology, h: u32, net: &str) -> Option<Ipv4Net> {
     lab::read_leases(t, h)?.subnets.get(net).copied()
-}
-
-/// Starts a continuous 10 ms ping; returns the child to wait on.
-fn start_ping(t: &Topology, from: (u32, u32), to: (u32, u32), count: u32) -> std::process::Child {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.container_ns(from.0, from.1),
-            "ping",
-            "-n",
-            "-q",
-            "-i",
-            "0.01",
-            "-W",
-            "1",
-            "-c",
-        ])
-        .arg(count.to_string())
-        .arg(t.container_ip(to.0, to.1).to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn finish_ping(child: std::process::Child) -> (u32, u32) {
-    let out = child.wait_with_output().unwrap();
-    let st = parse_ping(&String::from_utf8_lossy(&out.stdout)).expect("ping summary");
-    (st.sent, st.received)
 }
 
 #[test]
@@ -226,7 +197,11 @@ fn etcd_down_for_30s_loses_no_ping_and_agents_reconnect() {
     let t = &lab.topo;
     let before: Vec<_> = t.all_hosts().map(|h| lease_of(t, h, "default")).collect();
     // 3800 pings at 10 ms: about 38 s, covering the whole outage.
-    let pinger = start_ping(t, (1, 1), (2, 1), 3800);
+    let pinger = Pinger::start(
+        &t.container_ns(1, 1),
+        &t.container_ip(2, 1).to_string(),
+        3800,
+    );
     std::thread::sleep(Duration::from_secs(2));
     lab::stop_etcd(t).unwrap();
     std::thread::sleep(Duration::from_secs(30));
@@ -241,7 +216,8 @@ fn etcd_down_for_30s_loses_no_ping_and_agents_reconnect() {
         "agents reconnected {:?} after etcd returned",
         back.elapsed()
     );
-    let (sent, received) = finish_ping(pinger);
+    let st = pinger.finish();
+    let (sent, received) = (st.sent, st.received);
     eprintln!("etcd outage: {received}/{sent} replies");
     assert_eq!(received, sent, "replies lost during the etcd outage");
     let after: Vec<_> = t.all_hosts().map(|h| lease_of(t, h, "default")).collect();

@@ -10,11 +10,11 @@ use netfab::{
     },
 };
 use netfab_tests::{
-    capture::Capture,
     frames::{ethernet, ipv4_icmp, vxlan, ETH_P_IP},
     guards::{sh, LabGuard, NetNs},
-    pcap, require_privileges,
+    require_privileges,
     sockets::{send_raw_frame, send_udp},
+    traffic::vxlan_frames,
     wait_for,
 };
 
@@ -52,20 +52,16 @@ fn cross_host_and_local_traffic_takes_the_ebpf_path() {
 
     // On the wire: VXLAN to port 4789 with our VNI, between the hosts'
     // underlay IPs, inner destination MAC = the receiving host's VTEP.
-    let cap = Capture::start(&t.underlay_ns(), "br0", "udp port 4789", 4);
-    let st = ping(
-        &t.container_ns(2, 1),
-        &t.container_ip(1, 1).to_string(),
-        2,
-        "0.05",
-    )
-    .unwrap();
-    assert_eq!(st.received, 2);
-    let file = cap.finish(Duration::from_secs(10));
-    let frames: Vec<_> = pcap::packets(&file)
-        .into_iter()
-        .map(|f| pcap::parse_vxlan(f, 4789))
-        .collect();
+    let frames = vxlan_frames(&t.underlay_ns(), 4, || {
+        let st = ping(
+            &t.container_ns(2, 1),
+            &t.container_ip(1, 1).to_string(),
+            2,
+            "0.05",
+        )
+        .unwrap();
+        assert_eq!(st.received, 2);
+    });
     assert_eq!(frames.len(), 4);
     for f in frames {
         let f = f.expect("every captured frame parses as VXLAN");

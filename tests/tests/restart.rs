@@ -1,16 +1,13 @@
 //! Agents stopped (SIGTERM) and killed (SIGKILL) and started again while a
 //! TCP stream and a 10 ms ping run: the pinned links and maps keep
 //! forwarding, and the new agent adopts them and gets its subnet back.
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use netfab::lab::{
     self,
-    demo::{iperf3, parse_ping, IperfServer},
+    demo::{iperf3, IperfServer},
 };
-use netfab_tests::{guards::LabGuard, require_privileges};
+use netfab_tests::{guards::LabGuard, require_privileges, traffic::Pinger};
 
 #[test]
 fn agent_restarts_during_a_tcp_stream_lose_no_ping() {
@@ -23,25 +20,11 @@ fn agent_restarts_during_a_tcp_stream_lose_no_ping() {
     let client_ns = t.container_ns(2, 1);
     let stream = std::thread::spawn(move || iperf3(&client_ns, &server_ip, 5201, 8, 1));
     // 600 pings, one every 10 ms: about six seconds of traffic.
-    let pinger = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.container_ns(1, 1),
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            "600",
-            "-i",
-            "0.01",
-            "-W",
-            "1",
-        ])
-        .arg(t.container_ip(2, 1).to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let pinger = Pinger::start(
+        &t.container_ns(1, 1),
+        &t.container_ip(2, 1).to_string(),
+        600,
+    );
     std::thread::sleep(Duration::from_millis(800));
     for (h, hard) in [(1, false), (2, true)] {
         lab::stop_agent(&t.name, h, hard).unwrap();
@@ -50,8 +33,7 @@ fn agent_restarts_during_a_tcp_stream_lose_no_ping() {
         lab::wait_programmed(&t, Duration::from_secs(10)).unwrap();
         std::thread::sleep(Duration::from_millis(500));
     }
-    let out = pinger.wait_with_output().unwrap();
-    let st = parse_ping(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let st = pinger.finish();
     eprintln!(
         "pings during two agent restarts: {}/{} replies",
         st.received, st.sent

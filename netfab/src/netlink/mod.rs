@@ -179,35 +179,15 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Creates the VXLAN device, or adopts an existing one that already has
-    /// the right shape (an agent restart must not disturb it).
+    /// Creates the collect-metadata VXLAN device, or adopts an existing one
+    /// that already has the right shape (an agent restart must not disturb it).
     pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<LinkFacts> {
-        if let Some(d) = self.link(&spec.name).await? {
-            if vxlan_matches(&d, spec) {
-                if d.mtu != spec.mtu || d.facts.mac != spec.mac {
-                    let msg = LinkUnspec::new_with_index(d.facts.ifindex)
-                        .mtu(spec.mtu)
-                        .address(spec.mac.0.to_vec())
-                        .up()
-                        .build();
-                    self.handle
-                        .link()
-                        .set(msg)
-                        .execute()
-                        .await
-                        .context("updating VXLAN device")?;
-                } else {
-                    self.set_up(d.facts.ifindex).await?;
-                }
-                return Ok(LinkFacts {
-                    ifindex: d.facts.ifindex,
-                    mac: spec.mac,
-                });
-            }
-            log::warn!("{} exists with other settings; recreating it", spec.name);
-            self.delete(&spec.name).await?;
-        }
-        let msg = LinkMessageBuilder::<LinkVxlan>::new(&spec.name)
+        let wanted = [
+            InfoVxlan::CollectMetadata(true),
+            InfoVxlan::Port(spec.port),
+            InfoVxlan::Learning(false),
+        ];
+        let create = LinkMessageBuilder::<LinkVxlan>::new(&spec.name)
             .collect_metadata(true)
             .learning(false)
             .port(spec.port)
@@ -216,48 +196,20 @@ impl Netlink {
             .address(spec.mac.0.to_vec())
             .up()
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
+        self.adopt_or_create(&spec.name, &wanted, spec.mtu, spec.mac, create)
             .await
-            .with_context(|| format!("creating VXLAN device {}", spec.name))?;
-        match self.link(&spec.name).await? {
-            Some(d) => Ok(d.facts),
-            None => bail!("VXLAN device {} vanished right after creation", spec.name),
-        }
     }
 
     /// Creates or adopts a plain (one-VNI) kernel VXLAN device, flannel style:
     /// no learning, fixed MAC, the given MTU.
     pub async fn ensure_kernel_vxlan(&self, spec: &KernelVxlanSpec) -> Result<LinkFacts> {
-        if let Some(d) = self.link(&spec.name).await? {
-            let same = d.kind == Some(InfoKind::Vxlan)
-                && d.vxlan.contains(&InfoVxlan::Id(spec.vni))
-                && d.vxlan.contains(&InfoVxlan::Port(spec.port))
-                && d.vxlan.contains(&InfoVxlan::Learning(false))
-                && d.vxlan.contains(&InfoVxlan::Local(spec.local));
-            if same {
-                let msg = LinkUnspec::new_with_index(d.facts.ifindex)
-                    .mtu(spec.mtu)
-                    .address(spec.mac.0.to_vec())
-                    .up()
-                    .build();
-                self.handle
-                    .link()
-                    .set(msg)
-                    .execute()
-                    .await
-                    .context("updating VXLAN device")?;
-                return Ok(LinkFacts {
-                    ifindex: d.facts.ifindex,
-                    mac: spec.mac,
-                });
-            }
-            log::warn!("{} exists with other settings; recreating it", spec.name);
-            self.delete(&spec.name).await?;
-        }
-        let msg = LinkMessageBuilder::<LinkVxlan>::new(&spec.name)
+        let wanted = [
+            InfoVxlan::Id(spec.vni),
+            InfoVxlan::Port(spec.port),
+            InfoVxlan::Learning(false),
+            InfoVxlan::Local(spec.local),
+        ];
+        let create = LinkMessageBuilder::<LinkVxlan>::new(&spec.name)
             .id(spec.vni)
             .local(spec.local)
             .dev(spec.underlay_ifindex)
@@ -267,15 +219,51 @@ impl Netlink {
             .address(spec.mac.0.to_vec())
             .up()
             .build();
+        self.adopt_or_create(&spec.name, &wanted, spec.mtu, spec.mac, create)
+            .await
+    }
+
+    /// A VXLAN device whose attributes include all of `wanted` is adopted
+    /// (MTU, MAC and up state set in place); any other device of that name is
+    /// replaced by `create`.
+    async fn adopt_or_create(
+        &self,
+        name: &str,
+        wanted: &[InfoVxlan],
+        mtu: u32,
+        mac: MacAddr,
+        create: LinkMessage,
+    ) -> Result<LinkFacts> {
+        if let Some(d) = self.link(name).await? {
+            if d.kind == Some(InfoKind::Vxlan) && wanted.iter().all(|w| d.vxlan.contains(w)) {
+                let msg = LinkUnspec::new_with_index(d.facts.ifindex)
+                    .mtu(mtu)
+                    .address(mac.0.to_vec())
+                    .up()
+                    .build();
+                self.handle
+                    .link()
+                    .set(msg)
+                    .execute()
+                    .await
+                    .with_context(|| format!("updating {name}"))?;
+                return Ok(LinkFacts {
+                    ifindex: d.facts.ifindex,
+                    mac,
+                });
+            }
+            log::warn!("{name} exists with other settings; recreating it");
+            self.delete(name).await?;
+        }
         self.handle
             .link()
-            .add(msg)
+            .add(create)
             .execute()
             .await
-            .with_context(|| format!("creating VXLAN device {}", spec.name))?;
-        match self.link(&spec.name).await? {
+            .with_context(|| format!("creating VXLAN device {name}"))?;
+        match self.link(name).await? {
             Some(d) => Ok(d.facts),
-            None => bail!("VXLAN device {} vanished right after creation", spec.name),
+            None => bail!("VXLAN device {name} vanished right after creation"),
         }
     }
 
@@ -303,16 +291,6 @@ impl Netlink {
             .with_context(|| format!("creating veth {name}"))
     }
 
-    async fn set_up(&self, ifindex: u32) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(ifindex).up().build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .context("setting link up")
-    }
-
     /// Deletes a link by name; `false` if it did not exist.
     pub async fn delete(&self, name: &str) -> Result<bool> {
         let Some(d) = self.link(name).await? else {
@@ -326,11 +304,4 @@ impl Netlink {
             .with_context(|| format!("deleting link {name}"))?;
         Ok(true)
     }
-}
-
-fn vxlan_matches(d: &LinkDetail, spec: &VxlanSpec) -> bool {
-    d.kind == Some(InfoKind::Vxlan)
-        && d.vxlan.contains(&InfoVxlan::CollectMetadata(true))
-        && d.vxlan.contains(&InfoVxlan::Port(spec.port))
-        && d.vxlan.contains(&InfoVxlan::Learning(false))
 }
