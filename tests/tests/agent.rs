@@ -93,12 +93,13 @@ fn cleanup_removes_links_pins_and_the_vxlan_device() {
     );
     assert!(!pin.exists(), "pins removed");
     let host = t.host_ns(1);
-    let (vxlan_gone, progs) = in_netns(&host, || {
+    let veth = netfab::cni::attach::host_ifname(&t.container_ns(1, 1), "eth0");
+    let (vxlan_gone, progs) = in_netns(&host, move || {
         let vxlan_gone = Command::new("ip")
             .args(["link", "show", "nf-vxlan"])
             .output()
             .unwrap();
-        let (_, progs) = SchedClassifier::query_tcx("nfc1", TcAttachType::Ingress).unwrap();
+        let (_, progs) = SchedClassifier::query_tcx(&veth, TcAttachType::Ingress).unwrap();
         (!vxlan_gone.status.success(), progs.len())
     });
     assert!(vxlan_gone, "VXLAN device deleted");

@@ -281,7 +281,7 @@ fn mixed_cluster_with_ebpf_really_unavailable_on_one_host() {
     let shown = Command::new(lab::netfab_binary().unwrap())
         .arg("status")
         .arg("--status-file")
-        .arg(lab::state_dir(&t.name).join("h2.status.json"))
+        .arg(lab::host_dir(&t.name, 2).join("status.json"))
         .output()
         .unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout);
