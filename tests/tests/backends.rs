@@ -354,12 +354,25 @@ fn host_gw_refuses_a_peer_behind_a_router() {
 /// chain where the host stack routes).
 fn isolation(b: Choice) {
     require_privileges!();
-    let mut t = Topology::with(&format!("is-{}", short(b)), 2, 2, 2, netfab::lab::topology::Control::Etcd).unwrap();
+    let mut t = Topology::with(
+        &format!("is-{}", short(b)),
+        2,
+        2,
+        2,
+        netfab::lab::topology::Control::Etcd,
+    )
+    .unwrap();
     t.dataplane = b;
     let lab = LabGuard::up_with(t);
     let t = &lab.topo;
     for c in [1, 2] {
-        let st = ping(&t.container_ns(1, c), &t.container_ip(2, c).to_string(), 2, "0.05").unwrap();
+        let st = ping(
+            &t.container_ns(1, c),
+            &t.container_ip(2, c).to_string(),
+            2,
+            "0.05",
+        )
+        .unwrap();
         assert_eq!(st.received, 2, "within network {}", t.container_network(c));
     }
     for dst in [t.container_ip(2, 2), t.container_ip(1, 2)] {
@@ -369,8 +382,17 @@ fn isolation(b: Choice) {
     let dropped = if b == Choice::Ebpf {
         lab.counters(1).drops["network_mismatch"]
     } else {
-        let rules = sh::in_ns(&t.host_ns(1), "iptables", &["-L", "NETFAB-ISOLATE", "-v", "-x", "-n"]).unwrap();
-        rules.lines().skip(2).filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok()).sum()
+        let rules = sh::in_ns(
+            &t.host_ns(1),
+            "iptables",
+            &["-L", "NETFAB-ISOLATE", "-v", "-x", "-n"],
+        )
+        .unwrap();
+        rules
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
     };
     assert!(dropped >= 4, "{b:?}: drops counted: {dropped}");
 }

@@ -236,6 +236,7 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
             .map(|rt| rt.block_on(async { Netlink::connect()?.delete(&host_ifname).await }));
         return Err(e.into());
     }
+    wait_programmed(conf, ip);
     let result = AddResult {
         interfaces: vec![
             Interface {
@@ -257,6 +258,27 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
         mtu,
     };
     Ok(result.to_json(version, conf.prev_result.as_ref()))
+}
+
+/// Waits (up to 10 s) until a running agent reports the endpoint as
+/// programmed, so the container's first packets are not lost. With no agent
+/// running there is nothing to wait for: the agent programs it on start.
+fn wait_programmed(conf: &NetConf, ip: std::net::Ipv4Addr) {
+    let path = run_dir(conf).join("status.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let Some(st) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Status>(&t).ok())
+        else {
+            return;
+        };
+        if st.endpoint_ips.contains(&ip) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!("netfab-cni: the agent has not programmed {ip} within 10 s; it will catch up");
 }
 
 /// Removes the host veth (and so the pair) if it exists.

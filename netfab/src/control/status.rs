@@ -26,6 +26,9 @@ pub struct Status {
     /// Whether the agent has a live etcd session.
     #[serde(default)]
     pub etcd_connected: bool,
+    /// Local containers the dataplane serves (CNI ADD waits for its own).
+    #[serde(default)]
+    pub endpoint_ips: Vec<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +116,7 @@ pub fn build(i: StatusInput<'_>, applied_at: u64) -> Status {
         skipped: i.report.skipped.clone(),
         applied_at,
         etcd_connected: i.etcd_connected,
+        endpoint_ips: i.report.programmed_endpoints.clone(),
     }
 }
 

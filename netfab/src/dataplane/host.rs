@@ -58,6 +58,7 @@ impl HostPlumbing {
                     onlink: false,
                 },
             );
+            report.programmed_endpoints.push(e.ip);
             nl.neigh_replace(&Neigh {
                 ifindex: link.facts.ifindex,
                 ip: e.ip,

@@ -23,6 +23,8 @@ pub struct ApplyReport {
     /// Desired items this backend refuses (for example a host-gw peer on
     /// another L2 segment), with the reason.
     pub refused: Vec<String>,
+    /// Local containers that are programmed (their veth exists).
+    pub programmed_endpoints: Vec<std::net::Ipv4Addr>,
 }
 
 #[allow(async_fn_in_trait)]

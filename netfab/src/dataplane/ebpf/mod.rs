@@ -225,7 +225,7 @@ impl Dataplane for EbpfDataplane {
             map_removals,
             attached,
             skipped,
-            refused: Vec::new(),
+            ..Default::default()
         };
         self.host
             .apply(&self.netlink, state, &links, Vec::new(), &mut report)
