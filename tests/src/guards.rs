@@ -90,3 +90,22 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     .join()
     .expect("thread in namespace panicked")
 }
+
+impl LabGuard {
+    /// Pings container `to` from container `from` (host, container pairs).
+    pub fn ping(
+        &self,
+        from: (u32, u32),
+        to: (u32, u32),
+        count: u32,
+    ) -> netfab::lab::demo::PingStats {
+        let t = &self.topo;
+        netfab::lab::demo::ping(
+            &t.container_ns(from.0, from.1),
+            &t.container_ip(to.0, to.1).to_string(),
+            count,
+            "0.05",
+        )
+        .expect("running ping")
+    }
+}

@@ -42,13 +42,7 @@ fn malformed_state_file_is_reported_and_the_last_good_state_kept() {
     );
     assert!(log.contains("h1.json"), "the error names the file:\n{log}");
     assert!(log.contains("keeping the previous state"), "{log}");
-    let st = ping(
-        &t.container_ns(2, 1),
-        &t.container_ip(1, 1).to_string(),
-        3,
-        "0.05",
-    )
-    .unwrap();
+    let st = lab.ping((2, 1), (1, 1), 3);
     assert_eq!(st.received, 3, "traffic still flows");
     assert_eq!(endpoint_count(&lab, 1), 1, "nothing was removed");
 }

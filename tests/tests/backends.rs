@@ -163,13 +163,7 @@ fn host_death(b: Choice) {
         killed.elapsed()
     );
     assert!(killed.elapsed() >= Duration::from_secs(2));
-    let st = ping(
-        &t.container_ns(1, 1),
-        &t.container_ip(2, 1).to_string(),
-        3,
-        "0.05",
-    )
-    .unwrap();
+    let st = lab.ping((1, 1), (2, 1), 3);
     assert_eq!(st.received, 3, "the survivors still talk");
 }
 
@@ -292,13 +286,7 @@ fn mixed_cluster_with_ebpf_really_unavailable_on_one_host() {
     assert!(shown.contains("vxlan    direct routing is off"), "{shown}");
 
     let frames: Vec<_> = vxlan_frames(&t.underlay_ns(), 4, || {
-        let st = ping(
-            &t.container_ns(1, 1),
-            &t.container_ip(2, 1).to_string(),
-            2,
-            "0.05",
-        )
-        .unwrap();
+        let st = lab.ping((1, 1), (2, 1), 2);
         assert_eq!(st.received, 2);
     })
     .into_iter()
@@ -366,13 +354,7 @@ fn isolation(b: Choice) {
     let lab = LabGuard::up_with(t);
     let t = &lab.topo;
     for c in [1, 2] {
-        let st = ping(
-            &t.container_ns(1, c),
-            &t.container_ip(2, c).to_string(),
-            2,
-            "0.05",
-        )
-        .unwrap();
+        let st = lab.ping((1, c), (2, c), 2);
         assert_eq!(st.received, 2, "within network {}", t.container_network(c));
     }
     for dst in [t.container_ip(2, 2), t.container_ip(1, 2)] {

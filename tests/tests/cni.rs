@@ -374,13 +374,7 @@ fn plugin_containers_reach_each_other_through_ebpf_and_through_kernel_vxlan() {
             links.contains(&host_ifname(&t.container_ns(1, 1), "eth0")),
             "{links:?}"
         );
-        let st = ping(
-            &t.container_ns(1, 1),
-            &t.container_ip(2, 1).to_string(),
-            3,
-            "0.05",
-        )
-        .unwrap();
+        let st = lab.ping((1, 1), (2, 1), 3);
         assert_eq!(st.received, 3, "{backend:?}");
         if backend == Choice::Ebpf {
             assert!(lab.counters(1).traffic["to_overlay"].packets >= 3);

@@ -50,13 +50,7 @@ fn three_hosts_route_each_other_and_converge_fast() {
     for (h, c) in t.all_containers() {
         for (h2, c2) in t.all_containers() {
             if h != h2 {
-                let st = ping(
-                    &t.container_ns(h, c),
-                    &t.container_ip(h2, c2).to_string(),
-                    2,
-                    "0.05",
-                )
-                .unwrap();
+                let st = lab.ping((h, c), (h2, c2), 2);
                 assert_eq!(st.received, 2);
             }
         }
@@ -294,13 +288,7 @@ fn two_networks_are_isolated() {
     let lab = LabGuard::up_with(Topology::with("twonet", 2, 2, 2, Control::Etcd).unwrap());
     let t = &lab.topo;
     for c in [1, 2] {
-        let st = ping(
-            &t.container_ns(1, c),
-            &t.container_ip(2, c).to_string(),
-            3,
-            "0.05",
-        )
-        .unwrap();
+        let st = lab.ping((1, c), (2, c), 3);
         assert_eq!(st.received, 3, "within network {}", t.container_network(c));
     }
     let mismatch = |h| lab.counters(h).drops["network_mismatch"];
@@ -342,13 +330,7 @@ fn bad_etcd_data_is_logged_with_its_key_and_skipped() {
         });
     }
     // Everything else keeps working, and later good data is still applied.
-    let st = ping(
-        &t.container_ns(1, 1),
-        &t.container_ip(2, 1).to_string(),
-        3,
-        "0.05",
-    )
-    .unwrap();
+    let st = lab.ping((1, 1), (2, 1), 3);
     assert_eq!(st.received, 3);
     let good: Ipv4Net = "10.244.78.0/24".parse().unwrap();
     let value = r#"{"node":"ghost","underlay_ip":"100.64.0.99","vtep_mac":"0e:6e:64:40:00:63","dataplane":"ebpf","agent_version":"test"}"#;
@@ -471,13 +453,7 @@ fn agents_talk_to_etcd_over_tls_with_client_certificates() {
     let lab = LabGuard::up_with(topo);
     let t = &lab.topo;
     assert!(t.etcd_url().starts_with("https://"));
-    let st = ping(
-        &t.container_ns(1, 1),
-        &t.container_ip(2, 1).to_string(),
-        3,
-        "0.05",
-    )
-    .unwrap();
+    let st = lab.ping((1, 1), (2, 1), 3);
     assert_eq!(st.received, 3);
     // Without a client certificate etcd refuses us.
     let out = Command::new(lab::netfab_binary().unwrap())

@@ -33,13 +33,7 @@ fn cross_host_and_local_traffic_takes_the_ebpf_path() {
             if (h, c) == (h2, c2) {
                 continue;
             }
-            let st = ping(
-                &t.container_ns(h, c),
-                &t.container_ip(h2, c2).to_string(),
-                3,
-                "0.05",
-            )
-            .unwrap();
+            let st = lab.ping((h, c), (h2, c2), 3);
             assert_eq!(
                 st.received,
                 st.sent,
@@ -53,13 +47,7 @@ fn cross_host_and_local_traffic_takes_the_ebpf_path() {
     // On the wire: VXLAN to port 4789 with our VNI, between the hosts'
     // underlay IPs, inner destination MAC = the receiving host's VTEP.
     let frames = vxlan_frames(&t.underlay_ns(), 4, || {
-        let st = ping(
-            &t.container_ns(2, 1),
-            &t.container_ip(1, 1).to_string(),
-            2,
-            "0.05",
-        )
-        .unwrap();
+        let st = lab.ping((2, 1), (1, 1), 2);
         assert_eq!(st.received, 2);
     });
     assert_eq!(frames.len(), 4);

@@ -278,7 +278,7 @@ impl<'a, D: Dataplane> Controller<'a, D> {
     }
 
     async fn acquire_missing(&mut self, s: &mut Session) -> Result<()> {
-        let (Some(store), Some(snap)) = (s.store.as_mut(), self.snap.as_ref()) else {
+        let (Some(store), Some(mut snap)) = (s.store.as_mut(), self.snap.clone()) else {
             return Ok(());
         };
         let wanted: Vec<_> = snap
@@ -288,16 +288,22 @@ impl<'a, D: Dataplane> Controller<'a, D> {
             .cloned()
             .collect();
         for net in wanted {
-            match store.acquire(&net, &self.me, s.lease, snap).await {
+            match store.acquire(&net, &self.me, s.lease, &snap).await {
                 Ok(sn) => {
                     info!("network {}: leased {sn}", net.name);
                     self.held.insert(net.name.clone(), sn);
+                    // Our own put reaches us through the watch later; until
+                    // then the cache must already know the subnet is ours.
+                    snap.leases
+                        .entry(net.name.clone())
+                        .or_default()
+                        .insert(sn, self.me.clone());
                 }
                 Err(e) => error!("network {}: {e:#}", net.name),
             }
         }
-        // Networks that no longer exist.
         self.held.retain(|n, _| snap.networks.contains_key(n));
+        self.snap = Some(snap);
         Ok(())
     }
 
@@ -322,16 +328,32 @@ impl<'a, D: Dataplane> Controller<'a, D> {
             snap.revision = snap.revision.max(kv.mod_revision());
             changed = true;
         }
-        // A network deleted, or our own lease removed by someone.
+        // Judge loss by what the events say about our own keys, not by
+        // comparing with the cache: events older than our own acquisition
+        // can still be in flight and would make a fresh lease look gone.
         let me = self.me.node.clone();
-        let gone: Vec<String> = self
-            .held
-            .iter()
-            .filter(|(n, sn)| snap.held_by(n, &me) != Some(**sn))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let mut gone: Vec<String> = Vec::new();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Some(crate::store::KeyKind::Lease { net, subnet }) = store_keys.parse(&key) else {
+                if let Some(crate::store::KeyKind::Config { net }) = store_keys.parse(&key) {
+                    if ev.event_type() == EventType::Delete && self.held.contains_key(&net) {
+                        gone.push(net);
+                    }
+                }
+                continue;
+            };
+            let ours = self.held.get(&net).map(crate::lease::subnet_key) == Some(subnet);
+            let taken = ev.event_type() == EventType::Put
+                && serde_json::from_slice::<crate::lease::SubnetLease>(kv.value())
+                    .is_ok_and(|l| l.node != me);
+            if ours && (ev.event_type() == EventType::Delete || taken) {
+                gone.push(net);
+            }
+        }
         for n in gone {
-            warn!("lease in network {n} disappeared from etcd");
+            warn!("our lease in network {n} disappeared from etcd; re-acquiring");
             self.held.remove(&n);
         }
         changed

@@ -162,21 +162,12 @@ impl Netlink {
     }
 
     pub async fn ipv4_addrs(&self, ifindex: u32) -> Result<Vec<Ipv4Addr>> {
-        let mut out = Vec::new();
-        let mut s = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(ifindex)
-            .execute();
-        while let Some(msg) = s.try_next().await.context("listing addresses")? {
-            for a in &msg.attributes {
-                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = a {
-                    out.push(*ip);
-                }
-            }
-        }
-        Ok(out)
+        Ok(self
+            .ipv4_nets(ifindex)
+            .await?
+            .into_iter()
+            .map(|n| n.addr())
+            .collect())
     }
 
     /// Creates the collect-metadata VXLAN device, or adopts an existing one
