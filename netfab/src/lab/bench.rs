@@ -78,22 +78,16 @@ fn cpus() -> Option<(u32, u32)> {
 fn measure_once(p: &Path_, secs: u32, rr_secs: u32, s: &mut Samples) -> Result<()> {
     let cpus = cpus();
     let _iperf = IperfServer::start(&p.server_ns, 5202)?;
-    s.one.push(iperf3_pinned(
-        &p.client_ns,
-        &p.server_ip,
-        5202,
-        secs,
-        1,
-        cpus,
-    )?);
-    s.four.push(iperf3_pinned(
-        &p.client_ns,
-        &p.server_ip,
-        5202,
-        secs,
-        4,
-        cpus,
-    )?);
+    for (streams, out) in [(1, &mut s.one), (4, &mut s.four)] {
+        out.push(iperf3_pinned(
+            &p.client_ns,
+            &p.server_ip,
+            5202,
+            secs,
+            streams,
+            cpus,
+        )?);
+    }
     let _rr = RrServer::start(&p.server_ns, 5203, cpus.map(|c| c.1))?;
     let server = format!("{}:5203", p.server_ip);
     s.rr.push(rr::run_client(

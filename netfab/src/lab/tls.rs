@@ -7,6 +7,15 @@ use anyhow::Result;
 
 use super::{sh::run, topology::ETCD_IP};
 
+/// openssl req arguments for a fresh P-256 key without a passphrase.
+const NEW_EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
 pub struct TlsFiles {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
@@ -38,11 +47,11 @@ pub fn generate(dir: &Path) -> Result<TlsFiles> {
         &[
             "req",
             "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
+            NEW_EC_KEY[0],
+            NEW_EC_KEY[1],
+            NEW_EC_KEY[2],
+            NEW_EC_KEY[3],
+            NEW_EC_KEY[4],
             "-keyout",
             s(&ca_key),
             "-out",
@@ -61,11 +70,11 @@ pub fn generate(dir: &Path) -> Result<TlsFiles> {
             "openssl",
             &[
                 "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
+                NEW_EC_KEY[0],
+                NEW_EC_KEY[1],
+                NEW_EC_KEY[2],
+                NEW_EC_KEY[3],
+                NEW_EC_KEY[4],
                 "-keyout",
                 s(key),
                 "-out",
