@@ -43,7 +43,7 @@ pub struct AgentArgs {
     /// Local containers (JSON), in etcd mode.
     #[arg(long, default_value = "/run/netfab/endpoints.json")]
     endpoints_file: PathBuf,
-        /// Where to write the subnets this host leased (JSON), in etcd mode;
+    /// Where to write the subnets this host leased (JSON), in etcd mode;
     /// the CNI plugin reads it from its runDir.
     #[arg(long, default_value = "/run/netfab/leases.json")]
     lease_file: PathBuf,
@@ -111,7 +111,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
             lease_ttl: a.lease_ttl,
             resync,
             endpoints_file: a.endpoints_file,
-                        lease_file: Some(a.lease_file),
+            lease_file: Some(a.lease_file),
             status_file: Some(a.status_file),
             dataplane_reason: sel.reason,
             underlay_net: Some(underlay_net),
