@@ -50,3 +50,21 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs the netfab CLI; panics with its stderr if it fails, else returns stdout.
+pub fn netfab_ok<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(netfab::lab::netfab_binary().expect("netfab binary"))
+        .args(args)
+        .output()
+        .expect("running netfab");
+    assert!(
+        out.status.success(),
+        "netfab failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -14,7 +14,7 @@ use netfab::lab::{
 use netfab_common::{maps::ENDPOINTS, Endpoint};
 use netfab_tests::{
     guards::{in_netns, LabGuard},
-    require_privileges, wait_for,
+    netfab_ok, require_privileges, wait_for,
 };
 
 fn endpoint_count(lab: &LabGuard, h: u32) -> usize {
@@ -73,18 +73,14 @@ fn cleanup_removes_links_pins_and_the_vxlan_device() {
     let lab = LabGuard::up("clean", 1, 1);
     let t = lab.topo.clone();
     lab::stop_agent(&t.name, 1, false).unwrap();
-    let bin = lab::netfab_binary().unwrap();
     let pin = t.pin_dir(1);
-    let out = Command::new(bin)
-        .args(["cleanup", "--netns", &t.host_ns(1), "--pin-dir"])
-        .arg(&pin)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    netfab_ok([
+        "cleanup".as_ref(),
+        "--netns".as_ref(),
+        t.host_ns(1).as_ref(),
+        "--pin-dir".as_ref(),
+        pin.as_os_str(),
+    ]);
     assert!(!pin.exists(), "pins removed");
     let host = t.host_ns(1);
     let veth = netfab::cni::attach::host_ifname(&t.container_ns(1, 1), "eth0");

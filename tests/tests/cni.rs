@@ -10,7 +10,7 @@ use netfab::{
     ipam::Ipam,
     lab::{self, cni, demo::ping, sh, topology::Topology},
 };
-use netfab_tests::{guards::LabGuard, require_privileges, wait_for};
+use netfab_tests::{guards::LabGuard, netfab_ok, require_privileges, wait_for};
 use serde_json::{json, Value};
 
 fn env<'a>(cmd: &'a str, id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -295,19 +295,17 @@ fn leaks_are_found_and_freed_by_release_and_by_gc() {
     let conf = cni::conf(t, 1, "default");
     let data = lab::host_dir(&t.name, 1).join("ipam");
     let ipam_cli = |verb: &str| {
-        let out = Command::new(lab::netfab_binary().unwrap())
-            .args(["ipam", verb, "--netns", &t.host_ns(1), "--data-dir"])
-            .arg(&data)
-            .arg("--run-dir")
-            .arg(lab::host_dir(&t.name, 1))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let run_dir = lab::host_dir(&t.name, 1);
+        netfab_ok([
+            "ipam".as_ref(),
+            verb.as_ref(),
+            "--netns".as_ref(),
+            t.host_ns(1).as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--run-dir".as_ref(),
+            run_dir.as_os_str(),
+        ])
     };
     let ipam_check = || {
         let out = Command::new(lab::netfab_binary().unwrap())

@@ -38,51 +38,41 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("lab paths are UTF-8")
 }
 
+/// `openssl req` making a fresh key, with `extra` arguments.
+fn new_key_request(extra: &[&str]) -> Result<()> {
+    let mut args = vec!["req"];
+    args.extend_from_slice(&NEW_EC_KEY);
+    args.extend_from_slice(extra);
+    run("openssl", &args).map(|_| ())
+}
+
 pub fn generate(dir: &Path) -> Result<TlsFiles> {
     std::fs::create_dir_all(dir)?;
     let f = files(dir);
     let ca_key = dir.join("ca-key.pem");
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            NEW_EC_KEY[0],
-            NEW_EC_KEY[1],
-            NEW_EC_KEY[2],
-            NEW_EC_KEY[3],
-            NEW_EC_KEY[4],
-            "-keyout",
-            s(&ca_key),
-            "-out",
-            s(&f.ca),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=netfab-lab-ca",
-        ],
-    )?;
+    new_key_request(&[
+        "-x509",
+        "-keyout",
+        s(&ca_key),
+        "-out",
+        s(&f.ca),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=netfab-lab-ca",
+    ])?;
     let sign = |cn: &str, cert: &Path, key: &Path, ext: &str| -> Result<()> {
         let csr = dir.join(format!("{cn}.csr"));
         let extfile = dir.join(format!("{cn}.ext"));
         std::fs::write(&extfile, ext)?;
-        run(
-            "openssl",
-            &[
-                "req",
-                NEW_EC_KEY[0],
-                NEW_EC_KEY[1],
-                NEW_EC_KEY[2],
-                NEW_EC_KEY[3],
-                NEW_EC_KEY[4],
-                "-keyout",
-                s(key),
-                "-out",
-                s(&csr),
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        )?;
+        new_key_request(&[
+            "-keyout",
+            s(key),
+            "-out",
+            s(&csr),
+            "-subj",
+            &format!("/CN={cn}"),
+        ])?;
         run(
             "openssl",
             &[
