@@ -65,7 +65,8 @@ pub fn candidates(
     let mut fresh = Vec::new();
     let mut reused = Vec::new();
     for s in all {
-        if taken.contains(&s) || Some(s) == mine {
+        // A bad entry may be a larger prefix than ours: avoid any overlap.
+        if taken.iter().any(|t| t.contains(&s) || s.contains(t)) || Some(s) == mine {
             continue;
         }
         if others.contains(&s) {
@@ -80,7 +81,11 @@ pub fn candidates(
         }
     }
     let mut out = Vec::new();
-    if let Some(m) = mine.filter(|m| !taken.contains(m) && net.cidr.contains(m)) {
+    if let Some(m) = mine.filter(|m| {
+        !taken.iter().any(|t| t.contains(m) || m.contains(t))
+            && net.cidr.contains(m)
+            && m.prefix_len() == net.subnet_len
+    }) {
         out.push(m);
     }
     out.extend(fresh);

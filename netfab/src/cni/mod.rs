@@ -236,7 +236,13 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
             .map(|rt| rt.block_on(async { Netlink::connect()?.delete(&host_ifname).await }));
         return Err(e.into());
     }
-    wait_programmed(conf, ip);
+    if let Err(e) = wait_programmed(conf, ip) {
+        // Leave nothing behind: the runtime retries from scratch.
+        let _ = forget_endpoint(conf, &host_ifname, &[ip]);
+        let _ = remove_veth(&host_ifname);
+        let _ = ipam.release(&cid, &ifname);
+        return Err(e);
+    }
     let result = AddResult {
         interfaces: vec![
             Interface {
@@ -260,25 +266,34 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
     Ok(result.to_json(version, conf.prev_result.as_ref()))
 }
 
-/// Waits (up to 10 s) until a running agent reports the endpoint as
-/// programmed, so the container's first packets are not lost. With no agent
-/// running there is nothing to wait for: the agent programs it on start.
-fn wait_programmed(conf: &NetConf, ip: std::net::Ipv4Addr) {
+/// Waits (up to 10 s) until the agent reports the endpoint as programmed,
+/// so the container's first packets are not lost. ADD never reports success
+/// for an endpoint no agent serves: with no agent, a stale one, or one that
+/// cannot program it in time, the runtime gets "try again later".
+fn wait_programmed(conf: &NetConf, ip: std::net::Ipv4Addr) -> Result<(), CniError> {
     let path = run_dir(conf).join("status.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        let Some(st) = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Status>(&t).ok())
-        else {
-            return;
-        };
+    loop {
+        let st = read_status(&path)?;
         if st.endpoint_ips.contains(&ip) {
-            return;
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(CniError::new(
+                code::TRY_AGAIN,
+                format!("the netfab agent has not programmed {ip} within 10 s"),
+            )
+            .details(format!(
+                "last report: {} skipped item(s){}",
+                st.skipped.len(),
+                st.skipped
+                    .first()
+                    .map(|s| format!(", first: {s}"))
+                    .unwrap_or_default()
+            )));
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    eprintln!("netfab-cni: the agent has not programmed {ip} within 10 s; it will catch up");
 }
 
 /// Removes the host veth (and so the pair) if it exists.
@@ -403,14 +418,14 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Ready when the agent reports recently and is connected to etcd.
-fn status(conf: &NetConf) -> Result<(), CniError> {
-    let path = run_dir(conf).join("status.json");
-    let st: Status = std::fs::read_to_string(&path)
+/// The agent's last report, if it is recent. Errors say why the agent
+/// cannot be relied on.
+fn read_status(path: &std::path::Path) -> Result<Status, CniError> {
+    let st: Status = std::fs::read_to_string(path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .ok_or_else(|| {
-            CniError::new(code::NOT_AVAILABLE, "the netfab agent is not running")
+            CniError::new(code::TRY_AGAIN, "the netfab agent is not running")
                 .details(format!("no status at {}", path.display()))
         })?;
     let now = std::time::SystemTime::now()
@@ -420,10 +435,17 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
     let age = now.saturating_sub(st.applied_at);
     if age > STALE_SECS {
         return Err(
-            CniError::new(code::NOT_AVAILABLE, "the netfab agent is not responding")
+            CniError::new(code::TRY_AGAIN, "the netfab agent is not responding")
                 .details(format!("its last report is {age} s old")),
         );
     }
+    Ok(st)
+}
+
+/// Ready when the agent reports recently and is connected to etcd.
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let path = run_dir(conf).join("status.json");
+    let st = read_status(&path).map_err(|e| e.with_code(code::NOT_AVAILABLE))?;
     if !st.etcd_connected {
         return Err(CniError::new(
             code::NOT_AVAILABLE,

@@ -41,6 +41,10 @@ impl CniError {
             details: String::new(),
         }
     }
+    pub fn with_code(mut self, code: u32) -> Self {
+        self.code = code;
+        self
+    }
     pub fn details(mut self, d: impl Into<String>) -> Self {
         self.details = d.into();
         self

@@ -3,7 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use log::info;
+use log::{info, warn};
 use netfab::{
     agent::{self, AgentConfig},
     control::{status, ControlConfig, Controller},
@@ -50,15 +50,22 @@ pub struct AgentArgs {
     /// Where to write what `netfab status` shows.
     #[arg(long, default_value = "/run/netfab/status.json")]
     status_file: PathBuf,
-    /// TTL of this host's leases in etcd, seconds.
+    /// TTL of this host's leases in etcd, seconds. Only decides how soon a
+    /// dead host's subnet may be leased again: peers keep routing it for
+    /// --lease-grace-secs, so an agent that is down or cut off from etcd
+    /// does not cut its containers off.
     #[arg(long, default_value_t = 30)]
     lease_ttl: i64,
+    /// How long peers keep routing a subnet whose lease expired, unless
+    /// another host leases it first, seconds.
+    #[arg(long, default_value_t = 3600)]
+    lease_grace_secs: u64,
     /// The compiled eBPF object [default: netfab.bpf.o next to this binary].
     #[arg(long, env = "NETFAB_BPF_OBJECT")]
     bpf_object: Option<PathBuf>,
-    /// Seconds between full resyncs that repair drift.
-    #[arg(long, default_value_t = 10)]
-    resync_secs: u64,
+    /// Seconds between full resyncs that repair drift (fractions allowed).
+    #[arg(long, default_value_t = 10.0)]
+    resync_secs: f64,
 }
 
 pub fn run(a: AgentArgs) -> Result<()> {
@@ -68,7 +75,10 @@ pub fn run(a: AgentArgs) -> Result<()> {
     }
     let node = node_name(a.node.as_deref(), a.host.netns.as_deref());
     let pins = pin_dir(&a.host, &node);
-    let resync = Duration::from_secs(a.resync_secs.max(1));
+    if !(a.resync_secs.is_finite() && a.resync_secs >= 0.05) {
+        bail!("--resync-secs must be at least 0.05");
+    }
+    let resync = Duration::from_secs_f64(a.resync_secs);
     if a.lease_ttl < 2 {
         bail!("--lease-ttl must be at least 2 seconds");
     }
@@ -103,8 +113,19 @@ pub fn run(a: AgentArgs) -> Result<()> {
         if let Some(dir) = a.status_file.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        let etcd = a.etcd.config();
+        let etcd_addrs = super::etcd_addrs(&etcd.endpoints)?;
+        if etcd.endpoints.iter().any(|e| !e.starts_with("https://")) || etcd.ca.is_none() {
+            warn!(
+                "etcd is reached over plain HTTP ({}): anyone who can reach it can rewrite the \
+                 fabric's leases. Use https:// endpoints with --etcd-ca, --etcd-cert and --etcd-key",
+                etcd.endpoints.join(",")
+            );
+        }
         let cfg = ControlConfig {
-            etcd: a.etcd.config(),
+            etcd,
+            etcd_addrs,
+            lease_grace: Duration::from_secs(a.lease_grace_secs),
             node,
             underlay_interface: a.underlay_interface,
             underlay_ip: underlay_net.addr(),

@@ -67,6 +67,31 @@ impl EtcdArgs {
     }
 }
 
+/// The etcd endpoints as IPv4 socket addresses (names resolved once).
+pub fn etcd_addrs(endpoints: &[String]) -> Result<Vec<std::net::SocketAddrV4>> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let mut out = Vec::new();
+    for e in endpoints {
+        let hostport = e
+            .split_once("://")
+            .map_or(e.as_str(), |(_, r)| r)
+            .trim_end_matches('/');
+        let hostport = if hostport.contains(':') {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:2379")
+        };
+        let addrs = hostport
+            .to_socket_addrs()
+            .with_context(|| format!("resolving etcd endpoint {e}"))?;
+        out.extend(addrs.filter_map(|a| match a {
+            SocketAddr::V4(v4) => Some(v4),
+            SocketAddr::V6(_) => None,
+        }));
+    }
+    Ok(out)
+}
+
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())

@@ -92,7 +92,7 @@ pub fn run(cmd: NetworkCmd, etcd: EtcdArgs, netns_name: Option<String>) -> Resul
                 );
             }
             NetworkCmd::List => {
-                let (snap, _) = store.snapshot().await?;
+                let (snap, _) = store.snapshot(None).await?;
                 println!(
                     "{:<16} {:<18} {:>6} {:>8} {:>6} {:>7} {:>7}",
                     "NAME", "CIDR", "SUBNET", "VNI", "PORT", "PLANE", "LEASES"
@@ -112,7 +112,7 @@ pub fn run(cmd: NetworkCmd, etcd: EtcdArgs, netns_name: Option<String>) -> Resul
                 }
             }
             NetworkCmd::Show { name } => {
-                let (snap, _) = store.snapshot().await?;
+                let (snap, _) = store.snapshot(None).await?;
                 let Some(n) = snap.networks.get(&name) else {
                     bail!("no network named {name}")
                 };

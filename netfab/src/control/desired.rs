@@ -1,21 +1,32 @@
-//! From the cluster view (etcd snapshot), this host's leases and its local
+//! From the judged cluster view, this host's leases and its local
 //! containers to the desired state of its dataplane. Pure; everything that
 //! cannot be programmed is skipped with a reason instead of failing the rest.
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 
+use super::judge::Judged;
 use crate::{
     endpoints::LocalEndpoint,
+    lease::SubnetLease,
     state::{DesiredState, EndpointSpec, Network, RemoteHostSubnet, DEFAULT_VXLAN_DEVICE},
-    store::Snapshot,
 };
+
+/// A peer's subnet whose lease is gone but which is still routed (within
+/// the grace period, until another host leases the subnet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedLease {
+    pub network: String,
+    pub subnet: Ipv4Net,
+    pub lease: SubnetLease,
+}
 
 /// `underlay_net` is this host's underlay address with its prefix: peers
 /// inside it share the L2 segment and are routed directly where the network
 /// allows it.
 pub fn desired_state(
-    snap: &Snapshot,
+    snap: &Judged,
+    retained: &[RetainedLease],
     held: &BTreeMap<String, Ipv4Net>,
     endpoints: &[LocalEndpoint],
     underlay_interface: &str,
@@ -55,8 +66,20 @@ pub fn desired_state(
             vni: cfg.vni,
             subnet: *subnet,
         });
-        for (sn, lease) in snap.leases.get(name).into_iter().flatten() {
-            if lease.node == node || sn == subnet {
+        let live = snap.leases.get(name);
+        let kept = retained
+            .iter()
+            .filter(|r| &r.network == name)
+            // Another host leased it (or part of it): the new owner wins.
+            .filter(|r| {
+                !live.is_some_and(|m| {
+                    m.keys()
+                        .any(|s| s.contains(&r.subnet) || r.subnet.contains(s))
+                })
+            })
+            .map(|r| (&r.subnet, &r.lease));
+        for (sn, lease) in live.into_iter().flatten().chain(kept) {
+            if lease.node == node || sn.contains(subnet) || subnet.contains(sn) {
                 continue;
             }
             state.remotes.push(RemoteHostSubnet {
@@ -103,9 +126,12 @@ pub fn desired_state(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Keys;
+    use crate::{
+        control::judge,
+        store::{Keys, Snapshot},
+    };
 
-    fn snap() -> Snapshot {
+    fn snap() -> Judged {
         let k = Keys::new("/netfab");
         let lease = |node: &str, ip: &str| {
             format!(
@@ -141,7 +167,14 @@ mod tests {
                 l2.into_bytes(),
             ),
         ];
-        Snapshot::from_kvs(&k, kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())), 1).0
+        let snap = Snapshot::from_kvs(
+            &k,
+            kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice(), 1)),
+            1,
+            None,
+        )
+        .0;
+        judge::judge(&snap, &k, &judge::Context::default())
     }
 
     fn ep(ip: &str, net: &str) -> LocalEndpoint {
@@ -159,8 +192,15 @@ mod tests {
             ("a".to_string(), "10.244.1.0/24".parse().unwrap()),
             ("b".to_string(), "10.245.1.0/24".parse().unwrap()),
         ]);
-        let (s, warnings) =
-            desired_state(&snap(), &held, &[ep("10.244.1.2", "a")], "eth0", None, "h1");
+        let (s, warnings) = desired_state(
+            &snap(),
+            &[],
+            &held,
+            &[ep("10.244.1.2", "a")],
+            "eth0",
+            None,
+            "h1",
+        );
         s.validate().unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         let remotes: Vec<(String, u32)> = s
@@ -187,7 +227,7 @@ mod tests {
             ep("10.244.1.2", "a"),
             ep("10.244.1.2", "a"),
         ];
-        let (s, w) = desired_state(&snap(), &held, &eps, "eth0", None, "h1");
+        let (s, w) = desired_state(&snap(), &[], &held, &eps, "eth0", None, "h1");
         s.validate().unwrap();
         assert_eq!(s.networks.len(), 1, "network c needs another UDP port");
         assert_eq!(s.endpoints.len(), 1);

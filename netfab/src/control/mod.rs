@@ -8,13 +8,23 @@
 //! the agent reconnects by itself. Until the first successful listing after
 //! start the dataplane is not touched at all, so an agent restarted during an
 //! etcd outage keeps forwarding with what the pinned maps hold.
+//!
+//! Trust: every entry is judged on its own (`judge`); refused ones are
+//! reported with their key and the rest is served. This host's own lease key
+//! is guarded: deleted, it is written back; overwritten in place (garbage or
+//! another node's name), it is rewritten. A subnet is given up only when
+//! another node created the key anew after it was deleted, and even then not
+//! while local containers live in it. Peers whose lease expired stay routed
+//! (`--lease-grace`) until another host leases their subnet, so an agent
+//! that is down or cut off from etcd does not cut its containers off.
 pub mod desired;
+pub mod judge;
 pub mod status;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     future::Future,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -25,14 +35,19 @@ use ipnet::Ipv4Net;
 use log::{error, info, warn};
 use serde::Serialize;
 
+use self::{
+    desired::RetainedLease,
+    judge::{judge, Judged},
+};
 use crate::{
     addr::MacAddr,
     dataplane::Dataplane,
     endpoints::{self, LocalEndpoint},
-    lease::SubnetLease,
+    lease::{subnet_key, SubnetLease},
     store::{
         etcd::{EtcdConfig, EtcdStore},
-        Keys, Snapshot,
+        snapshot::BadEntry,
+        KeyKind, Keys, Snapshot,
     },
 };
 
@@ -56,6 +71,12 @@ pub struct ControlConfig {
     pub container_mtu: u32,
     /// Source-NAT container traffic that leaves the cluster.
     pub masquerade: bool,
+    /// How long a peer's subnet stays routed after its lease is gone (unless
+    /// another host leases it first).
+    pub lease_grace: Duration,
+    /// The etcd endpoints as addresses: never routed into the fabric, never
+    /// reachable from containers.
+    pub etcd_addrs: Vec<SocketAddrV4>,
 }
 
 /// What the lease file holds.
@@ -96,18 +117,65 @@ fn stamp(p: &PathBuf) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
+/// A subnet this host holds, and the store revision of our last write to
+/// its key: events at or before it are older than our own write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    subnet: Ipv4Net,
+    written: i64,
+}
+
+/// What the store says about our own lease key, judged against `me`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OwnKey {
+    Ours,
+    /// Deleted: write it back.
+    Absent,
+    /// Garbage or rewritten in place: rewrite it (if unchanged since `mod_rev`).
+    Foreign {
+        mod_rev: i64,
+        what: String,
+    },
+    /// Created anew by another node after a delete: that node holds it now.
+    TakenBy(String),
+}
+
+fn classify_own(me: &SubnetLease, value: Option<(&[u8], i64, i64)>) -> OwnKey {
+    let Some((v, created, modified)) = value else {
+        return OwnKey::Absent;
+    };
+    match serde_json::from_slice::<SubnetLease>(v) {
+        Ok(l) if &l == me => OwnKey::Ours,
+        Ok(l) if l.node != me.node && created == modified => OwnKey::TakenBy(l.node),
+        Ok(l) => OwnKey::Foreign {
+            mod_rev: modified,
+            what: format!("a value naming node {} at {}", l.node, l.underlay_ip),
+        },
+        Err(e) => OwnKey::Foreign {
+            mod_rev: modified,
+            what: format!("garbage ({e})"),
+        },
+    }
+}
+
 pub struct Controller<'a, D: Dataplane> {
     cfg: ControlConfig,
     dp: &'a mut D,
     me: SubnetLease,
     keys: Keys,
     snap: Option<Snapshot>,
-    held: BTreeMap<String, Ipv4Net>,
+    held: BTreeMap<String, Held>,
     endpoints: Vec<LocalEndpoint>,
-    reported_bad: HashSet<String>,
+    /// (key, reason) pairs already logged, so each offender is reported once.
+    reported: BTreeSet<(String, String)>,
+    /// Store entries the snapshot refused, by key (until a good value comes).
+    bad_keys: BTreeMap<String, String>,
     written: Option<LeaseFile>,
     /// Whether the etcd session is up, for `netfab status` and CNI STATUS.
     connected: bool,
+    /// Each peer lease, and when it was last seen live (for the grace).
+    seen: BTreeMap<(String, Ipv4Net), (SubnetLease, Instant)>,
+    applies: u64,
 }
 
 impl<'a, D: Dataplane> Controller<'a, D> {
@@ -127,10 +195,27 @@ impl<'a, D: Dataplane> Controller<'a, D> {
             snap: None,
             held: BTreeMap::new(),
             endpoints: Vec::new(),
-            reported_bad: HashSet::new(),
+            reported: BTreeSet::new(),
+            bad_keys: BTreeMap::new(),
             written: None,
             connected: false,
+            seen: BTreeMap::new(),
+            applies: 0,
         }
+    }
+
+    fn judge_ctx(&self) -> judge::Context {
+        judge::Context {
+            underlay: self.cfg.underlay_net,
+            etcd_ips: self.cfg.etcd_addrs.iter().map(|a| *a.ip()).collect(),
+        }
+    }
+
+    fn view(&self) -> Judged {
+        self.snap
+            .as_ref()
+            .map(|s| judge(s, &self.keys, &self.judge_ctx()))
+            .unwrap_or_default()
     }
 
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -195,9 +280,18 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                     Ok(Some(resp)) => {
                         if resp.canceled() {
                             s.drop_all(&format!("watch canceled: {}", resp.cancel_reason()));
-                        } else if self.on_watch(&resp) {
-                            dirty = true;
-                            if self.needs_acquire() {
+                        } else {
+                            let (changed, repairs) = self.on_watch(&resp);
+                            if changed {
+                                dirty = true;
+                            }
+                            for (net, own) in repairs {
+                                if let Err(e) = self.repair(&mut s, &net, own).await {
+                                    s.drop_all(&format!("repairing our lease in {net}: {e:#}"));
+                                    break;
+                                }
+                            }
+                            if s.is_up() && self.needs_acquire() {
                                 if let Err(e) = self.acquire_missing(&mut s).await {
                                     warn!("acquiring leases: {e:#}");
                                 }
@@ -231,8 +325,8 @@ impl<'a, D: Dataplane> Controller<'a, D> {
 
     async fn open_session(&mut self, s: &mut Session) -> Result<()> {
         let mut store = EtcdStore::connect(&self.cfg.etcd).await?;
-        let (snap, bad) = store.snapshot().await?;
-        self.report_bad(&bad);
+        let (snap, bad) = store.snapshot(self.snap.as_ref()).await?;
+        self.set_bad(&bad);
         s.lease = store.grant(self.cfg.lease_ttl).await?;
         let (keeper, ka) = store.keep_alive(s.lease).await?;
         s.keeper = Some(keeper);
@@ -246,24 +340,29 @@ impl<'a, D: Dataplane> Controller<'a, D> {
         Ok(())
     }
 
-    /// Full listing: replaces the cached view and restarts the watch from it.
+    /// Full listing: replaces the cached view (keeping last good values over
+    /// bad ones) and restarts the watch from it.
     async fn relist(&mut self, s: &mut Session) -> Result<()> {
         let store = s.store.as_mut().ok_or_else(|| anyhow!("not connected"))?;
-        let (snap, bad) = store.snapshot().await?;
-        self.report_bad(&bad);
+        let (snap, bad) = store.snapshot(self.snap.as_ref()).await?;
         s.watch = Some(store.watch(snap.revision + 1).await?);
         s.last_list = Some(Instant::now());
-        // Our leases must still be there; if one vanished, take one again.
-        let lost: Vec<String> = self
-            .held
-            .iter()
-            .filter(|(net, sn)| snap.held_by(net, &self.me.node) != Some(**sn))
-            .map(|(n, _)| n.clone())
-            .collect();
         self.snap = Some(snap);
-        for n in lost {
-            warn!("our lease in network {n} is gone; re-acquiring");
-            self.held.remove(&n);
+        self.set_bad(&bad);
+        // Our keys as the store has them now (the view may keep a last good
+        // value over garbage written onto them).
+        let held: Vec<(String, Held)> = self.held.iter().map(|(n, h)| (n.clone(), *h)).collect();
+        for (net, h) in held {
+            let key = self.keys.lease(&net, &h.subnet);
+            let store = s.store.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+            let raw = store.get_raw(&key).await?;
+            let own = classify_own(
+                &self.me,
+                raw.as_ref().map(|(v, c, m)| (v.as_slice(), *c, *m)),
+            );
+            if own != OwnKey::Ours {
+                self.repair(s, &net, own).await?;
+            }
         }
         if self.needs_acquire() {
             self.acquire_missing(s).await?;
@@ -271,33 +370,106 @@ impl<'a, D: Dataplane> Controller<'a, D> {
         Ok(())
     }
 
+    /// Puts our own lease key right (see `OwnKey`).
+    async fn repair(&mut self, s: &mut Session, net: &str, own: OwnKey) -> Result<()> {
+        let Some(h) = self.held.get(net).copied() else {
+            return Ok(());
+        };
+        let key = self.keys.lease(net, &h.subnet);
+        let Some(store) = s.store.as_mut() else {
+            return Ok(());
+        };
+        match own {
+            OwnKey::Ours => {}
+            OwnKey::Absent => {
+                if let Some(rev) = store
+                    .reclaim(net, &h.subnet, &self.me, s.lease, None)
+                    .await?
+                {
+                    warn!("our lease {key} was deleted from etcd; written back");
+                    self.held.insert(net.into(), Held { written: rev, ..h });
+                }
+            }
+            OwnKey::Foreign { mod_rev, what } => {
+                if let Some(rev) = store
+                    .reclaim(net, &h.subnet, &self.me, s.lease, Some(mod_rev))
+                    .await?
+                {
+                    error!("our lease {key} was overwritten with {what}; rewritten");
+                    self.held.insert(net.into(), Held { written: rev, ..h });
+                }
+            }
+            OwnKey::TakenBy(node) => {
+                let live = self
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.network == net && h.subnet.contains(&e.ip))
+                    .count();
+                if live > 0 {
+                    error!(
+                        "our subnet {} in {net} was deleted and leased by node {node}; {live} \
+                         container(s) live in it, so this host keeps it and does not switch \
+                         subnets: resolve the conflict by hand",
+                        h.subnet
+                    );
+                } else {
+                    warn!(
+                        "our subnet {} in {net} was deleted and leased by node {node}; \
+                         taking another (no containers here)",
+                        h.subnet
+                    );
+                    self.held.remove(net);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Networks this host should lease in: accepted here, config present.
+    fn wanted_networks(&self) -> Vec<crate::network::NetworkConfig> {
+        let Some(snap) = &self.snap else {
+            return Vec::new();
+        };
+        self.view()
+            .networks
+            .into_values()
+            .filter(|n| !snap.orphaned.contains(&n.name))
+            .collect()
+    }
+
     fn needs_acquire(&self) -> bool {
-        self.snap
-            .as_ref()
-            .is_some_and(|snap| snap.networks.keys().any(|n| !self.held.contains_key(n)))
+        self.wanted_networks()
+            .iter()
+            .any(|n| !self.held.contains_key(&n.name))
     }
 
     async fn acquire_missing(&mut self, s: &mut Session) -> Result<()> {
+        let wanted: Vec<_> = self
+            .wanted_networks()
+            .into_iter()
+            .filter(|n| !self.held.contains_key(&n.name))
+            .collect();
         let (Some(store), Some(mut snap)) = (s.store.as_mut(), self.snap.clone()) else {
             return Ok(());
         };
-        let wanted: Vec<_> = snap
-            .networks
-            .values()
-            .filter(|n| !self.held.contains_key(&n.name))
-            .cloned()
-            .collect();
         for net in wanted {
             match store.acquire(&net, &self.me, s.lease, &snap).await {
-                Ok(sn) => {
+                Ok((sn, rev)) => {
                     info!("network {}: leased {sn}", net.name);
-                    self.held.insert(net.name.clone(), sn);
+                    self.held.insert(
+                        net.name.clone(),
+                        Held {
+                            subnet: sn,
+                            written: rev,
+                        },
+                    );
                     // Our own put reaches us through the watch later; until
                     // then the cache must already know the subnet is ours.
                     snap.leases
                         .entry(net.name.clone())
                         .or_default()
                         .insert(sn, self.me.clone());
+                    snap.created.insert((net.name.clone(), Some(sn)), rev);
                 }
                 Err(e) => error!("network {}: {e:#}", net.name),
             }
@@ -307,71 +479,133 @@ impl<'a, D: Dataplane> Controller<'a, D> {
         Ok(())
     }
 
-    /// Applies watch events to the cache; true if anything changed.
-    fn on_watch(&mut self, resp: &etcd_client::WatchResponse) -> bool {
+    /// Applies watch events to the cache. Returns whether anything changed
+    /// and what our own keys need.
+    fn on_watch(&mut self, resp: &etcd_client::WatchResponse) -> (bool, Vec<(String, OwnKey)>) {
         let Some(snap) = self.snap.as_mut() else {
-            return false;
+            return (false, Vec::new());
         };
-        let store_keys = &self.keys;
         let mut changed = false;
+        let mut repairs: BTreeMap<String, OwnKey> = BTreeMap::new();
+        let mut reports = Vec::new();
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             match ev.event_type() {
                 EventType::Put => {
-                    if let Err(reason) = snap.put(store_keys, &key, kv.value()) {
-                        error!("skipping {key}: {reason}");
+                    match snap.put(&self.keys, &key, kv.value(), kv.create_revision()) {
+                        Ok(()) => {
+                            self.bad_keys.remove(&key);
+                        }
+                        Err(reason) => reports.push(BadEntry {
+                            key: key.clone(),
+                            reason,
+                        }),
                     }
                 }
-                EventType::Delete => snap.delete(store_keys, &key),
+                EventType::Delete => {
+                    self.bad_keys.remove(&key);
+                    if let Some(b) = snap.delete(&self.keys, &key) {
+                        reports.push(b);
+                    }
+                }
             }
             snap.revision = snap.revision.max(kv.mod_revision());
             changed = true;
-        }
-        // Judge loss by what the events say about our own keys, not by
-        // comparing with the cache: events older than our own acquisition
-        // can still be in flight and would make a fresh lease look gone.
-        let me = self.me.node.clone();
-        let mut gone: Vec<String> = Vec::new();
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let Some(crate::store::KeyKind::Lease { net, subnet }) = store_keys.parse(&key) else {
-                if let Some(crate::store::KeyKind::Config { net }) = store_keys.parse(&key) {
-                    if ev.event_type() == EventType::Delete && self.held.contains_key(&net) {
-                        gone.push(net);
-                    }
-                }
+            // Our own key: judged by the event itself, and only events newer
+            // than our last write to it (older ones may still be in flight).
+            let Some(KeyKind::Lease { net, subnet }) = self.keys.parse(&key) else {
                 continue;
             };
-            let ours = self.held.get(&net).map(crate::lease::subnet_key) == Some(subnet);
-            let taken = ev.event_type() == EventType::Put
-                && serde_json::from_slice::<crate::lease::SubnetLease>(kv.value())
-                    .is_ok_and(|l| l.node != me);
-            if ours && (ev.event_type() == EventType::Delete || taken) {
-                gone.push(net);
+            let Some(h) = self.held.get(&net) else {
+                continue;
+            };
+            if subnet_key(&h.subnet) != subnet || kv.mod_revision() <= h.written {
+                continue;
+            }
+            let own = match ev.event_type() {
+                EventType::Delete => OwnKey::Absent,
+                EventType::Put => classify_own(
+                    &self.me,
+                    Some((kv.value(), kv.create_revision(), kv.mod_revision())),
+                ),
+            };
+            if own == OwnKey::Ours {
+                repairs.remove(&net);
+            } else {
+                repairs.insert(net, own);
             }
         }
-        for n in gone {
-            warn!("our lease in network {n} disappeared from etcd; re-acquiring");
-            self.held.remove(&n);
+        for b in reports {
+            self.note_bad(b);
         }
-        changed
+        (changed, repairs.into_iter().collect())
     }
 
-    fn report_bad(&mut self, bad: &[crate::store::snapshot::BadEntry]) {
+    /// Replaces the store-level refusals with a listing's.
+    fn set_bad(&mut self, bad: &[BadEntry]) {
+        self.bad_keys.clear();
         for b in bad {
-            if self.reported_bad.insert(format!("{}{}", b.key, b.reason)) {
-                error!("skipping {}: {}", b.key, b.reason);
+            self.note_bad(b.clone());
+        }
+    }
+
+    fn note_bad(&mut self, b: BadEntry) {
+        self.bad_keys.insert(b.key.clone(), b.reason.clone());
+        if self.reported.insert((b.key.clone(), b.reason.clone())) {
+            error!("skipping {}: {}", b.key, b.reason);
+        }
+    }
+
+    /// Peers to keep routing although their lease is gone; also forgets
+    /// what the grace has run out for. `view` is what is live now.
+    fn retained(&mut self, view: &Judged) -> Vec<RetainedLease> {
+        let now = Instant::now();
+        for (net, m) in &view.leases {
+            for (sn, l) in m {
+                if l.node == self.me.node {
+                    continue;
+                }
+                // A live lease supersedes whatever overlapping subnet we kept.
+                self.seen.retain(|(n, s), _| {
+                    !(n == net && s != sn && (s.contains(sn) || sn.contains(s)))
+                });
+                self.seen.insert((net.clone(), *sn), (l.clone(), now));
             }
         }
+        let grace = self.cfg.lease_grace;
+        self.seen.retain(|_, (_, t)| now.duration_since(*t) < grace);
+        self.seen
+            .iter()
+            .filter(|((n, s), _)| !view.leases.get(n).is_some_and(|m| m.contains_key(s)))
+            .map(|((n, s), (l, _))| RetainedLease {
+                network: n.clone(),
+                subnet: *s,
+                lease: l.clone(),
+            })
+            .collect()
     }
 
     async fn apply(&mut self) {
-        let Some(snap) = &self.snap else { return };
+        if self.snap.is_none() {
+            return;
+        }
+        let view = self.view();
+        for b in &view.rejected {
+            if self.reported.insert((b.key.clone(), b.reason.clone())) {
+                error!("skipping {}: {}", b.key, b.reason);
+            }
+        }
+        let retained = self.retained(&view);
+        let held: BTreeMap<String, Ipv4Net> = self
+            .held
+            .iter()
+            .map(|(n, h)| (n.clone(), h.subnet))
+            .collect();
         let (mut state, warnings) = desired::desired_state(
-            snap,
-            &self.held,
+            &view,
+            &retained,
+            &held,
             &self.endpoints,
             &self.cfg.underlay_interface,
             self.cfg.underlay_net,
@@ -385,6 +619,8 @@ impl<'a, D: Dataplane> Controller<'a, D> {
             error!("computed state is inconsistent, not applied: {e}");
             return;
         }
+        self.applies += 1;
+        let Some(snap) = &self.snap else { return };
         match self.dp.apply(&state).await {
             Ok(r) => {
                 for sk in &r.skipped {
@@ -393,7 +629,7 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                 for rf in &r.refused {
                     error!("{rf}");
                 }
-                self.write_status(snap, &state, &r);
+                self.write_status(snap, &view, &retained, &state, &r);
                 if r.map_upserts + r.map_removals > 0 {
                     info!(
                         "applied: {} map upserts, {} removals, {} remotes, {} endpoints",
@@ -412,6 +648,8 @@ impl<'a, D: Dataplane> Controller<'a, D> {
     fn write_status(
         &self,
         snap: &Snapshot,
+        view: &Judged,
+        retained: &[RetainedLease],
         state: &crate::state::DesiredState,
         r: &crate::dataplane::ApplyReport,
     ) {
@@ -433,6 +671,24 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                 state,
                 report: r,
                 etcd_connected: self.connected,
+                rejected: view
+                    .rejected
+                    .iter()
+                    .map(|b| (b.key.clone(), b.reason.clone()))
+                    .chain(self.bad_keys.iter().map(|(k, v)| (k.clone(), v.clone())))
+                    .map(|(key, reason)| status::Rejected { key, reason })
+                    .collect(),
+                retained: retained
+                    .iter()
+                    .map(|r| {
+                        let age = self
+                            .seen
+                            .get(&(r.network.clone(), r.subnet))
+                            .map_or(0, |(_, t)| t.elapsed().as_secs());
+                        (r.subnet, r.lease.node.clone(), age)
+                    })
+                    .collect(),
+                applies: self.applies,
             },
             now,
         );
@@ -444,17 +700,33 @@ impl<'a, D: Dataplane> Controller<'a, D> {
         }
     }
 
+    /// Writes the lease file when it differs from what is on disk, so a
+    /// file corrupted or removed by hand is rewritten at the next apply.
     fn write_lease_file(&mut self) {
         let Some(path) = &self.cfg.lease_file else {
             return;
         };
         let lf = LeaseFile {
             node: self.me.node.clone(),
-            subnets: self.held.clone(),
+            subnets: self
+                .held
+                .iter()
+                .map(|(n, h)| (n.clone(), h.subnet))
+                .collect(),
             mtu: self.cfg.container_mtu,
         };
-        if self.written.as_ref() == Some(&lf) {
+        let on_disk = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<LeaseFile>(&t).ok());
+        if on_disk.as_ref() == Some(&lf) {
+            self.written = Some(lf);
             return;
+        }
+        if self.written.is_some() && on_disk.is_none() {
+            warn!(
+                "lease file {} was unreadable or gone; rewriting it",
+                path.display()
+            );
         }
         match serde_json::to_string_pretty(&lf)
             .map_err(anyhow::Error::from)

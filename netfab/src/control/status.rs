@@ -29,6 +29,21 @@ pub struct Status {
     /// Local containers the dataplane serves (CNI ADD waits for its own).
     #[serde(default)]
     pub endpoint_ips: Vec<std::net::Ipv4Addr>,
+    /// Store entries refused, each with its key and why.
+    #[serde(default)]
+    pub rejected: Vec<Rejected>,
+    /// Peers still routed although their lease is gone (within the grace).
+    #[serde(default)]
+    pub retained: Vec<String>,
+    /// Applies since the agent started (soak tests and operators watch it move).
+    #[serde(default)]
+    pub applies: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub key: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,15 +74,22 @@ pub struct StatusInput<'a> {
     pub state: &'a DesiredState,
     pub report: &'a ApplyReport,
     pub etcd_connected: bool,
+    pub rejected: Vec<Rejected>,
+    /// Retained peers: subnet, node, seconds since its lease went.
+    pub retained: Vec<(Ipv4Net, String, u64)>,
+    pub applies: u64,
 }
 
 pub fn build(i: StatusInput<'_>, applied_at: u64) -> Status {
-    let owners: BTreeMap<Ipv4Net, String> = i
+    let mut owners: BTreeMap<Ipv4Net, String> = i
         .snap
         .leases
         .values()
         .flat_map(|m| m.iter().map(|(s, l)| (*s, l.node.clone())))
         .collect();
+    for (sn, node, _) in &i.retained {
+        owners.entry(*sn).or_insert_with(|| node.clone());
+    }
     let seg = i.underlay.map(|u| u.trunc());
     let networks = i
         .state
@@ -117,6 +139,15 @@ pub fn build(i: StatusInput<'_>, applied_at: u64) -> Status {
         applied_at,
         etcd_connected: i.etcd_connected,
         endpoint_ips: i.report.programmed_endpoints.clone(),
+        retained: i
+            .retained
+            .iter()
+            .map(|(sn, node, age)| {
+                format!("{sn} of node {node}: lease gone {age} s ago, still routed (grace)")
+            })
+            .collect(),
+        rejected: i.rejected,
+        applies: i.applies,
     }
 }
 
@@ -150,6 +181,12 @@ pub fn render(s: &Status) -> String {
     }
     for r in &s.skipped {
         out += &format!("not programmed: {r}\n");
+    }
+    for r in &s.retained {
+        out += &format!("retained: {r}\n");
+    }
+    for r in &s.rejected {
+        out += &format!("rejected: {}: {}\n", r.key, r.reason);
     }
     out
 }

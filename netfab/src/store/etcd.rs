@@ -18,6 +18,10 @@ use crate::{
     network::NetworkConfig,
 };
 
+fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> i64 {
+    h.map(|h| h.revision()).unwrap_or(0)
+}
+
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {
     pub endpoints: Vec<String>,
@@ -86,8 +90,9 @@ impl EtcdStore {
         })
     }
 
-    /// Everything under the prefix, parsed; bad entries are returned, not fatal.
-    pub async fn snapshot(&mut self) -> Result<(Snapshot, Vec<BadEntry>)> {
+    /// Everything under the prefix, parsed; bad entries are returned, not
+    /// fatal. With `prev`, last good values outlive bad ones.
+    pub async fn snapshot(&mut self, prev: Option<&Snapshot>) -> Result<(Snapshot, Vec<BadEntry>)> {
         let root = self.keys.root();
         let resp = deadline(
             "list",
@@ -96,27 +101,29 @@ impl EtcdStore {
         )
         .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let kvs: Vec<(String, Vec<u8>)> = resp
+        let kvs: Vec<(String, Vec<u8>, i64)> = resp
             .kvs()
             .iter()
             .map(|kv| {
                 (
                     String::from_utf8_lossy(kv.key()).into_owned(),
                     kv.value().to_vec(),
+                    kv.create_revision(),
                 )
             })
             .collect();
         Ok(Snapshot::from_kvs(
             &self.keys,
-            kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            kvs.iter().map(|(k, v, c)| (k.as_str(), v.as_slice(), *c)),
             rev,
+            prev,
         ))
     }
 
     /// Validates against the existing networks, then creates the config only
     /// if no network of that name exists (atomically).
     pub async fn create_network(&mut self, cfg: &NetworkConfig) -> Result<()> {
-        let (snap, _) = self.snapshot().await?;
+        let (snap, _) = self.snapshot(None).await?;
         let existing: Vec<NetworkConfig> = snap.networks.values().cloned().collect();
         cfg.validate_against(&existing)?;
         let key = self.keys.config(&cfg.name);
@@ -132,7 +139,7 @@ impl EtcdStore {
 
     /// Deletes a network that no host holds a lease in.
     pub async fn delete_network(&mut self, name: &str) -> Result<()> {
-        let (snap, _) = self.snapshot().await?;
+        let (snap, _) = self.snapshot(None).await?;
         if !snap.networks.contains_key(name) {
             bail!("no network named {name}");
         }
@@ -185,13 +192,14 @@ impl EtcdStore {
     /// Acquires a subnet of `net` for `me`, bound to etcd lease `lease`.
     /// Takes over this node's own live lease key if there is one (an agent
     /// restart), else tries free subnets with create-if-absent transactions.
+    /// Returns the subnet and the store revision of the write.
     pub async fn acquire(
         &mut self,
         net: &NetworkConfig,
         me: &SubnetLease,
         lease: i64,
         snap: &Snapshot,
-    ) -> Result<Ipv4Net> {
+    ) -> Result<(Ipv4Net, i64)> {
         let value = serde_json::to_vec(me)?;
         let put = || Some(PutOptions::new().with_lease(lease));
         // Our own key, still alive from a previous run of this agent: move it
@@ -211,12 +219,10 @@ impl EtcdStore {
                             kv.mod_revision(),
                         )])
                         .and_then([TxnOp::put(key, value.clone(), put())]);
-                    if deadline("take over lease", self.timeout, self.client.txn(txn))
-                        .await?
-                        .succeeded()
-                    {
+                    let r = deadline("take over lease", self.timeout, self.client.txn(txn)).await?;
+                    if r.succeeded() {
                         self.remember(&net.name, &me.node, &sn).await?;
-                        return Ok(sn);
+                        return Ok((sn, header_rev(r.header())));
                     }
                 }
             }
@@ -242,12 +248,10 @@ impl EtcdStore {
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key, value.clone(), put())]);
-            if deadline("acquire", self.timeout, self.client.txn(txn))
-                .await?
-                .succeeded()
-            {
+            let r = deadline("acquire", self.timeout, self.client.txn(txn)).await?;
+            if r.succeeded() {
                 self.remember(&net.name, &me.node, &sn).await?;
-                return Ok(sn);
+                return Ok((sn, header_rev(r.header())));
             }
             // Somebody got it first; the next candidate.
         }
@@ -255,6 +259,32 @@ impl EtcdStore {
             "network {}: every free subnet was taken concurrently; will retry",
             net.name
         ))
+    }
+
+    /// Writes `me` back onto our own lease key after someone deleted it
+    /// (`expect_mod: None`, only if it is still absent) or overwrote it
+    /// (`Some(rev)`, only if nobody changed it since). Returns the write's
+    /// revision, or `None` when the key moved on meanwhile.
+    pub async fn reclaim(
+        &mut self,
+        net: &str,
+        sn: &Ipv4Net,
+        me: &SubnetLease,
+        lease: i64,
+        expect_mod: Option<i64>,
+    ) -> Result<Option<i64>> {
+        let key = self.keys.lease(net, sn);
+        let cmp = match expect_mod {
+            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            Some(r) => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
+        };
+        let txn = Txn::new().when([cmp]).and_then([TxnOp::put(
+            key,
+            serde_json::to_vec(me)?,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+        let r = deadline("reclaim lease", self.timeout, self.client.txn(txn)).await?;
+        Ok(r.succeeded().then(|| header_rev(r.header())))
     }
 
     async fn remember(&mut self, net: &str, node: &str, sn: &Ipv4Net) -> Result<()> {
@@ -283,6 +313,14 @@ impl EtcdStore {
             self.client.watch(self.keys.root(), Some(opts)),
         )
         .await
+    }
+
+    /// A key's value with its create and mod revisions, if it exists.
+    pub async fn get_raw(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64, i64)>> {
+        let r = deadline("get", self.timeout, self.client.get(key, None)).await?;
+        Ok(r.kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.create_revision(), kv.mod_revision())))
     }
 
     pub async fn put_raw(&mut self, key: &str, value: &[u8]) -> Result<()> {

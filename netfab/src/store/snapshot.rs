@@ -1,7 +1,15 @@
 //! The agent's cached view of the store, built from a listing and kept
 //! current by watch events. Pure: bad values are recorded with their key and
 //! skipped, never fatal, so one broken entry cannot take the rest down.
-use std::collections::BTreeMap;
+//!
+//! Bad input never replaces good state: a value that cannot be parsed, a
+//! network whose immutable fields (CIDR, subnet length, VNI, port) change in
+//! place, and a lease that changes hands in place (another node's name on a
+//! key that was not deleted and created again) are reported and the last
+//! good value is kept. Leases change hands only by expiry and re-creation.
+//! A network config that disappears while leases in it exist is kept too
+//! (`orphaned`), so one stray delete does not tear the network down.
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 
@@ -19,108 +27,221 @@ pub struct Snapshot {
     pub leases: BTreeMap<String, BTreeMap<Ipv4Net, SubnetLease>>,
     /// Per network: node -> the subnet it last held.
     pub remembered: BTreeMap<String, BTreeMap<String, Ipv4Net>>,
+    /// Create revision of each config (`(net, None)`) and lease
+    /// (`(net, Some(subnet))`): who was first decides conflicts.
+    pub created: BTreeMap<(String, Option<Ipv4Net>), i64>,
+    /// Networks whose config is gone from the store but which still have
+    /// leases: served with their last good config.
+    pub orphaned: BTreeSet<String>,
 }
 
 /// A key whose value could not be used, with the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct BadEntry {
     pub key: String,
     pub reason: String,
 }
 
+/// One listed key: name, value, create revision.
+pub type ListedKv<'a> = (&'a str, &'a [u8], i64);
+
 impl Snapshot {
+    /// Builds the view from a full listing. With `prev` (the view before a
+    /// re-list), last good values survive bad ones exactly as they do for
+    /// watch events.
     pub fn from_kvs<'a>(
         keys: &Keys,
-        kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        kvs: impl IntoIterator<Item = ListedKv<'a>>,
         revision: i64,
+        prev: Option<&Snapshot>,
     ) -> (Self, Vec<BadEntry>) {
         let mut s = Snapshot {
             revision,
             ..Default::default()
         };
         let mut bad = Vec::new();
-        for (k, v) in kvs {
-            if let Err(reason) = s.put(keys, k, v) {
+        for (k, v, created) in kvs {
+            if let Some(p) = prev {
+                s.seed(p, keys, k);
+            }
+            if let Err(reason) = s.put(keys, k, v, created) {
                 bad.push(BadEntry {
                     key: k.to_string(),
                     reason,
                 });
             }
         }
+        if let Some(p) = prev {
+            for (net, cfg) in &p.networks {
+                if !s.networks.contains_key(net) && s.has_leases(net) {
+                    s.networks.insert(net.clone(), cfg.clone());
+                    if let Some(r) = p.created.get(&(net.clone(), None)) {
+                        s.created.insert((net.clone(), None), *r);
+                    }
+                    s.orphaned.insert(net.clone());
+                    bad.push(BadEntry {
+                        key: keys.config(net),
+                        reason: ORPHAN_REASON.into(),
+                    });
+                }
+            }
+        }
         (s, bad)
     }
 
-    /// Applies a put. On a bad value the old entry (if any) is removed too:
-    /// what the store says now is unusable, and stale data would be wrong.
-    pub fn put(&mut self, keys: &Keys, key: &str, value: &[u8]) -> Result<(), String> {
+    /// Copies `prev`'s good value for `key`, so a bad value can fall back to it.
+    fn seed(&mut self, prev: &Snapshot, keys: &Keys, key: &str) {
+        match keys.parse(key) {
+            Some(KeyKind::Config { net }) => {
+                if let Some(c) = prev.networks.get(&net) {
+                    self.networks.insert(net.clone(), c.clone());
+                    if let Some(r) = prev.created.get(&(net.clone(), None)) {
+                        self.created.insert((net, None), *r);
+                    }
+                }
+            }
+            Some(KeyKind::Lease { net, subnet }) => {
+                let Some(sn) = parse_subnet_key(&subnet) else {
+                    return;
+                };
+                if let Some(l) = prev.leases.get(&net).and_then(|m| m.get(&sn)) {
+                    self.leases
+                        .entry(net.clone())
+                        .or_default()
+                        .insert(sn, l.clone());
+                    if let Some(r) = prev.created.get(&(net.clone(), Some(sn))) {
+                        self.created.insert((net, Some(sn)), *r);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn has_leases(&self, net: &str) -> bool {
+        self.leases.get(net).is_some_and(|m| !m.is_empty())
+    }
+
+    /// Applies a put with the key's create revision. On a bad value the last
+    /// good one (if any) stays and the reason is returned.
+    pub fn put(
+        &mut self,
+        keys: &Keys,
+        key: &str,
+        value: &[u8],
+        created: i64,
+    ) -> Result<(), String> {
         let Some(kind) = keys.parse(key) else {
             return Ok(()); // not ours to interpret
         };
-        let res = match &kind {
-            KeyKind::Config { net } => serde_json::from_slice::<NetworkConfig>(value)
-                .map_err(|e| format!("invalid network config: {e}"))
-                .and_then(|c| {
-                    c.validate().map_err(|e| e.to_string())?;
-                    if &c.name != net {
-                        return Err(format!(
-                            "config names network {} but sits under {net}",
-                            c.name
-                        ));
-                    }
-                    self.networks.insert(net.clone(), c);
-                    Ok(())
-                }),
-            KeyKind::Lease { net, subnet } => {
-                let parsed = parse_subnet_key(subnet)
-                    .ok_or_else(|| format!("`{subnet}` is not a subnet"))
-                    .and_then(|sn| {
-                        serde_json::from_slice::<SubnetLease>(value)
-                            .map(|l| (sn, l))
-                            .map_err(|e| format!("invalid lease: {e}"))
-                    });
-                parsed.map(|(sn, l)| {
-                    self.leases.entry(net.clone()).or_default().insert(sn, l);
-                })
+        let kept = |old: bool| {
+            if old {
+                "; keeping the last good value"
+            } else {
+                ""
             }
-            KeyKind::Node { net, node } => std::str::from_utf8(value)
-                .ok()
-                .and_then(|t| t.trim().parse::<Ipv4Net>().ok())
-                .ok_or_else(|| "node record is not a subnet".to_string())
-                .map(|sn| {
-                    self.remembered
-                        .entry(net.clone())
-                        .or_default()
-                        .insert(node.clone(), sn);
-                }),
         };
-        if res.is_err() {
-            self.remove_kind(&kind);
-        }
-        res
-    }
-
-    pub fn delete(&mut self, keys: &Keys, key: &str) {
-        if let Some(kind) = keys.parse(key) {
-            self.remove_kind(&kind);
-        }
-    }
-
-    fn remove_kind(&mut self, kind: &KeyKind) {
         match kind {
             KeyKind::Config { net } => {
-                self.networks.remove(net);
+                let old = self.networks.get(&net);
+                let c = serde_json::from_slice::<NetworkConfig>(value)
+                    .map_err(|e| format!("invalid network config: {e}{}", kept(old.is_some())))?;
+                c.validate()
+                    .map_err(|e| format!("{e}{}", kept(old.is_some())))?;
+                if c.name != net {
+                    return Err(format!(
+                        "config names network {} but sits under {net}{}",
+                        c.name,
+                        kept(old.is_some())
+                    ));
+                }
+                if let Some(o) = old {
+                    if (o.cidr, o.subnet_len, o.vni, o.port)
+                        != (c.cidr, c.subnet_len, c.vni, c.port)
+                    {
+                        return Err(format!(
+                            "CIDR, subnet length, VNI and port of a network cannot change in \
+                             place (was {} /{} VNI {} port {}){}",
+                            o.cidr,
+                            o.subnet_len,
+                            o.vni,
+                            o.port,
+                            kept(true)
+                        ));
+                    }
+                }
+                self.orphaned.remove(&net);
+                self.created.insert((net.clone(), None), created);
+                self.networks.insert(net, c);
+                Ok(())
             }
             KeyKind::Lease { net, subnet } => {
-                if let (Some(m), Some(sn)) = (self.leases.get_mut(net), parse_subnet_key(subnet)) {
+                let sn = parse_subnet_key(&subnet)
+                    .ok_or_else(|| format!("`{subnet}` is not a subnet"))?;
+                let old = self.leases.get(&net).and_then(|m| m.get(&sn));
+                let l = serde_json::from_slice::<SubnetLease>(value)
+                    .map_err(|e| format!("invalid lease: {e}{}", kept(old.is_some())))?;
+                let old_created = self.created.get(&(net.clone(), Some(sn))).copied();
+                if let Some(o) = old.filter(|o| o.node != l.node) {
+                    if old_created == Some(created) {
+                        return Err(format!(
+                            "lease of node {} rewritten in place to name node {}; a lease \
+                             changes hands only by expiry and re-creation{}",
+                            o.node,
+                            l.node,
+                            kept(true)
+                        ));
+                    }
+                }
+                self.created.insert((net.clone(), Some(sn)), created);
+                self.leases.entry(net).or_default().insert(sn, l);
+                Ok(())
+            }
+            KeyKind::Node { net, node } => {
+                let sn = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<Ipv4Net>().ok())
+                    .ok_or_else(|| "node record is not a subnet".to_string())?;
+                self.remembered.entry(net).or_default().insert(node, sn);
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a delete. Returns a report when a config is kept as orphaned.
+    pub fn delete(&mut self, keys: &Keys, key: &str) -> Option<BadEntry> {
+        match keys.parse(key)? {
+            KeyKind::Config { net } => {
+                if self.has_leases(&net) && self.networks.contains_key(&net) {
+                    self.orphaned.insert(net);
+                    return Some(BadEntry {
+                        key: key.to_string(),
+                        reason: ORPHAN_REASON.into(),
+                    });
+                }
+                self.networks.remove(&net);
+                self.created.remove(&(net, None));
+            }
+            KeyKind::Lease { net, subnet } => {
+                if let (Some(m), Some(sn)) = (self.leases.get_mut(&net), parse_subnet_key(&subnet))
+                {
                     m.remove(&sn);
+                    self.created.remove(&(net.clone(), Some(sn)));
+                }
+                // The last lease of an orphaned network is gone: so is it.
+                if self.orphaned.contains(&net) && !self.has_leases(&net) {
+                    self.orphaned.remove(&net);
+                    self.networks.remove(&net);
+                    self.created.remove(&(net, None));
                 }
             }
             KeyKind::Node { net, node } => {
-                if let Some(m) = self.remembered.get_mut(net) {
-                    m.remove(node);
+                if let Some(m) = self.remembered.get_mut(&net) {
+                    m.remove(&node);
                 }
             }
         }
+        None
     }
 
     /// The subnet `node` holds in `net`, if any.
@@ -133,34 +254,39 @@ impl Snapshot {
     }
 }
 
+const ORPHAN_REASON: &str =
+    "network config deleted while hosts hold leases in it; serving its last good config";
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const NET: &str = r#"{"name":"default","cidr":"10.244.0.0/16","subnet_len":24,"vni":1}"#;
     const LEASE: &str = r#"{"node":"h1","underlay_ip":"100.64.0.1","vtep_mac":"0e:6e:64:40:00:01","dataplane":"ebpf","agent_version":"0.1.0"}"#;
+    const LEASE_H2: &str = r#"{"node":"h2","underlay_ip":"100.64.0.2","vtep_mac":"0e:6e:64:40:00:02","dataplane":"ebpf","agent_version":"0.1.0"}"#;
+    const KEY: &str = "/netfab/networks/default/leases/10.244.1.0-24";
+    const CFG: &str = "/netfab/networks/default/config";
 
     #[test]
     fn builds_from_a_listing_and_skips_bad_entries_with_their_key() {
         let k = Keys::new("/netfab");
-        let kvs: Vec<(&str, &[u8])> = vec![
-            ("/netfab/networks/default/config", NET.as_bytes()),
-            (
-                "/netfab/networks/default/leases/10.244.1.0-24",
-                LEASE.as_bytes(),
-            ),
+        let kvs: Vec<ListedKv> = vec![
+            (CFG, NET.as_bytes(), 1),
+            (KEY, LEASE.as_bytes(), 2),
             (
                 "/netfab/networks/default/leases/10.244.2.0-24",
                 b"{not json",
+                3,
             ),
             (
                 "/netfab/networks/bad/config",
                 br#"{"name":"bad","cidr":"10.0.0.0/40","subnet_len":24,"vni":2}"#,
+                4,
             ),
-            ("/netfab/networks/default/nodes/h1", b"10.244.1.0/24"),
-            ("/netfab/unrelated", b"whatever"),
+            ("/netfab/networks/default/nodes/h1", b"10.244.1.0/24", 5),
+            ("/netfab/unrelated", b"whatever", 6),
         ];
-        let (s, bad) = Snapshot::from_kvs(&k, kvs, 7);
+        let (s, bad) = Snapshot::from_kvs(&k, kvs, 7, None);
         assert_eq!(s.revision, 7);
         assert_eq!(s.networks.keys().collect::<Vec<_>>(), vec!["default"]);
         assert_eq!(s.leases["default"].len(), 1);
@@ -183,15 +309,81 @@ mod tests {
     }
 
     #[test]
-    fn events_update_and_a_bad_update_removes_the_stale_value() {
+    fn a_bad_update_keeps_the_last_good_value_and_a_delete_removes_it() {
         let k = Keys::new("/netfab");
-        let key = "/netfab/networks/default/leases/10.244.1.0-24";
         let mut s = Snapshot::default();
-        s.put(&k, key, LEASE.as_bytes()).unwrap();
-        assert!(s.put(&k, key, b"[]").is_err());
+        s.put(&k, KEY, LEASE.as_bytes(), 5).unwrap();
+        let e = s.put(&k, KEY, b"[]", 5).unwrap_err();
+        assert!(e.contains("keeping the last good value"), "{e}");
+        assert_eq!(s.leases["default"].len(), 1);
+        s.delete(&k, KEY);
         assert!(s.leases["default"].is_empty());
-        s.put(&k, key, LEASE.as_bytes()).unwrap();
-        s.delete(&k, key);
-        assert!(s.leases["default"].is_empty());
+    }
+
+    #[test]
+    fn a_lease_changes_hands_only_by_re_creation() {
+        let k = Keys::new("/netfab");
+        let mut s = Snapshot::default();
+        s.put(&k, KEY, LEASE.as_bytes(), 5).unwrap();
+        // Overwritten in place (same create revision): refused.
+        let e = s.put(&k, KEY, LEASE_H2.as_bytes(), 5).unwrap_err();
+        assert!(e.contains("rewritten in place"), "{e}");
+        assert_eq!(
+            s.held_by("default", "h1").map(|n| n.to_string()),
+            Some("10.244.1.0/24".into())
+        );
+        // Deleted and created again by another node: accepted.
+        s.delete(&k, KEY);
+        s.put(&k, KEY, LEASE_H2.as_bytes(), 9).unwrap();
+        assert!(s.held_by("default", "h2").is_some());
+    }
+
+    #[test]
+    fn network_configs_are_immutable_in_place_and_kept_while_leased() {
+        let k = Keys::new("/netfab");
+        let mut s = Snapshot::default();
+        s.put(&k, CFG, NET.as_bytes(), 1).unwrap();
+        let moved = br#"{"name":"default","cidr":"10.250.0.0/16","subnet_len":24,"vni":1}"#;
+        assert!(s
+            .put(&k, CFG, moved, 1)
+            .unwrap_err()
+            .contains("cannot change"));
+        assert_eq!(s.networks["default"].cidr.to_string(), "10.244.0.0/16");
+        assert!(s.put(&k, CFG, b"garbage", 1).is_err());
+        assert_eq!(s.networks["default"].cidr.to_string(), "10.244.0.0/16");
+        // Deleted while a lease exists: kept, reported.
+        s.put(&k, KEY, LEASE.as_bytes(), 2).unwrap();
+        assert!(s.delete(&k, CFG).is_some());
+        assert!(s.networks.contains_key("default"));
+        // A re-list without the config keeps it too.
+        let kvs: Vec<ListedKv> = vec![(KEY, LEASE.as_bytes(), 2)];
+        let (r, bad) = Snapshot::from_kvs(&k, kvs, 10, Some(&s));
+        assert!(r.networks.contains_key("default"));
+        assert_eq!(bad.len(), 1);
+        // Back again: no longer orphaned. Its last lease gone while orphaned: removed.
+        s.put(&k, CFG, NET.as_bytes(), 11).unwrap();
+        assert!(s.orphaned.is_empty());
+        s.delete(&k, CFG);
+        s.delete(&k, KEY);
+        assert!(!s.networks.contains_key("default"));
+    }
+
+    #[test]
+    fn a_relist_keeps_good_values_over_bad_ones() {
+        let k = Keys::new("/netfab");
+        let (prev, _) = Snapshot::from_kvs(
+            &k,
+            vec![(CFG, NET.as_bytes(), 1), (KEY, LEASE.as_bytes(), 2)],
+            2,
+            None,
+        );
+        let (s, bad) = Snapshot::from_kvs(
+            &k,
+            vec![(CFG, NET.as_bytes(), 1), (KEY, &b"junk"[..], 2)],
+            3,
+            Some(&prev),
+        );
+        assert_eq!(bad.len(), 1);
+        assert_eq!(s.leases["default"].len(), 1);
     }
 }

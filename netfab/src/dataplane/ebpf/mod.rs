@@ -133,15 +133,25 @@ impl EbpfDataplane {
     }
 
     /// Attaches (or re-attaches) each program to its interface and drops
-    /// pins of interfaces that are no longer wanted.
-    fn attach_all(&mut self, wanted: &[(String, &'static str)]) -> Result<usize> {
+    /// pins of interfaces that are no longer wanted. Returns the interfaces
+    /// that now run their program.
+    fn attach_all(
+        &mut self,
+        wanted: &[(String, &'static str)],
+        report: &mut ApplyReport,
+    ) -> Result<BTreeSet<String>> {
         let dir = links_dir(&self.pin_dir);
-        let mut n = 0;
+        let mut ok = BTreeSet::new();
         for (ifname, program) in wanted {
             let prog = classifier(&mut self.ebpf, program)?;
             match attach::attach_ingress(prog, ifname, &attach::link_pin_path(&dir, ifname)) {
-                Ok(_) => n += 1,
-                Err(e) => warn!("{ifname}: {e:#}"),
+                Ok(_) => {
+                    ok.insert(ifname.clone());
+                }
+                Err(e) => {
+                    warn!("{ifname}: {e:#}");
+                    report.skipped.push(format!("attaching to {ifname}: {e:#}"));
+                }
             }
         }
         let names: BTreeSet<String> = wanted
@@ -158,7 +168,7 @@ impl EbpfDataplane {
                 attach::detach(&entry.path())?;
             }
         }
-        Ok(n)
+        Ok(ok)
     }
 }
 
@@ -202,12 +212,13 @@ impl Dataplane for EbpfDataplane {
         // Maps before attachments: a new container's first packet must find
         // its endpoint entry, or it would be dropped as spoofed.
         let (map_upserts, map_removals) = self.maps.apply(&tables)?;
-        let mut wanted: Vec<(String, &'static str)> =
-            vec![(state.vxlan_device.clone(), programs::FROM_OVERLAY)];
-        // The underlay only needs a program when some peer is reached directly.
-        if state.remotes.iter().any(|r| r.direct) {
-            wanted.push((state.underlay_interface.clone(), programs::FROM_UNDERLAY));
-        }
+        // The underlay always gets its program: it delivers direct peers'
+        // packets and drops plain IP for containers from anyone else (without
+        // it the host stack would route such packets in).
+        let mut wanted: Vec<(String, &'static str)> = vec![
+            (state.vxlan_device.clone(), programs::FROM_OVERLAY),
+            (state.underlay_interface.clone(), programs::FROM_UNDERLAY),
+        ];
         let veths: BTreeSet<&String> = state
             .endpoints
             .iter()
@@ -219,17 +230,24 @@ impl Dataplane for EbpfDataplane {
                 .into_iter()
                 .map(|v| (v.clone(), programs::FROM_CONTAINER)),
         );
-        let attached = self.attach_all(&wanted)?;
         let mut report = ApplyReport {
             map_upserts,
             map_removals,
-            attached,
             skipped,
             ..Default::default()
         };
+        let attached = self.attach_all(&wanted, &mut report)?;
+        report.attached = attached.len();
         self.host
             .apply(&self.netlink, state, &links, Vec::new(), &mut report)
             .await?;
+        // A container is served only once its veth runs the program.
+        report.programmed_endpoints.retain(|ip| {
+            state
+                .endpoints
+                .iter()
+                .any(|e| e.ip == *ip && attached.contains(&e.host_ifname))
+        });
         Ok(report)
     }
 

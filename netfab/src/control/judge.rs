@@ -1,0 +1,258 @@
+//! Judges every network and lease of the cluster view on its own, so one bad
+//! entry is skipped and reported while the rest is served. Pure.
+//!
+//! Rules (older = lower create revision; older wins every conflict):
+//! - a network is refused when its VNI or CIDR collides with an older one,
+//!   or when its CIDR overlaps this host's underlay prefix or holds an etcd
+//!   endpoint (a route for it would cut the host off);
+//! - a lease is refused when its subnet is not one of its network's subnets
+//!   (inside the CIDR, with the network's subnet length), when it overlaps
+//!   an older lease, or when its underlay IP is not a usable unicast address
+//!   (unspecified, loopback, broadcast, multicast, an etcd endpoint, or
+//!   inside a container network).
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+
+use crate::{
+    lease::SubnetLease,
+    network::NetworkConfig,
+    store::{snapshot::BadEntry, Keys, Snapshot},
+};
+
+/// What this host knows that makes an entry dangerous here.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// This host's underlay address with its prefix.
+    pub underlay: Option<Ipv4Net>,
+    /// Addresses of the etcd endpoints the agent uses.
+    pub etcd_ips: Vec<Ipv4Addr>,
+}
+
+/// The entries that may be served, and the ones refused with their reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Judged {
+    pub networks: BTreeMap<String, NetworkConfig>,
+    pub leases: BTreeMap<String, BTreeMap<Ipv4Net, SubnetLease>>,
+    pub rejected: Vec<BadEntry>,
+}
+
+impl Judged {
+    pub fn lease_of(&self, net: &str, node: &str) -> Option<Ipv4Net> {
+        self.leases
+            .get(net)?
+            .iter()
+            .find(|(_, l)| l.node == node)
+            .map(|(s, _)| *s)
+    }
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(b) || b.contains(a)
+}
+
+/// Why `ip` cannot be a host's underlay address, if it cannot.
+fn unusable_underlay(ip: Ipv4Addr, cidrs: &[Ipv4Net], ctx: &Context) -> Option<String> {
+    let why = if ip.is_unspecified() {
+        "is unspecified"
+    } else if ip.is_loopback() {
+        "is a loopback address"
+    } else if ip.is_broadcast() {
+        "is the broadcast address"
+    } else if ip.is_multicast() {
+        "is a multicast address"
+    } else if ctx.etcd_ips.contains(&ip) {
+        "is an etcd endpoint"
+    } else if let Some(c) = cidrs.iter().find(|c| c.contains(&ip)) {
+        return Some(format!(
+            "underlay IP {ip} lies inside container network {c}"
+        ));
+    } else {
+        return None;
+    };
+    Some(format!("underlay IP {ip} {why}"))
+}
+
+pub fn judge(snap: &Snapshot, keys: &Keys, ctx: &Context) -> Judged {
+    let mut out = Judged::default();
+    let created = |net: &str, sn: Option<Ipv4Net>| {
+        snap.created
+            .get(&(net.to_string(), sn))
+            .copied()
+            .unwrap_or(i64::MAX)
+    };
+    let mut nets: Vec<&NetworkConfig> = snap.networks.values().collect();
+    nets.sort_by_key(|n| (created(&n.name, None), n.name.clone()));
+    for n in nets {
+        let clash = out.networks.values().find_map(|o| {
+            if o.vni == n.vni {
+                Some(format!(
+                    "VNI {} is already used by older network {}",
+                    n.vni, o.name
+                ))
+            } else if overlaps(&o.cidr, &n.cidr) {
+                Some(format!(
+                    "CIDR {} overlaps older network {} ({})",
+                    n.cidr, o.name, o.cidr
+                ))
+            } else {
+                None
+            }
+        });
+        let local = if let Some(u) = ctx.underlay.filter(|u| overlaps(&u.trunc(), &n.cidr)) {
+            Some(format!(
+                "CIDR {} overlaps this host's underlay {}",
+                n.cidr,
+                u.trunc()
+            ))
+        } else {
+            ctx.etcd_ips
+                .iter()
+                .find(|ip| n.cidr.contains(*ip))
+                .map(|ip| format!("CIDR {} holds etcd endpoint {ip}", n.cidr))
+        };
+        match clash.or(local) {
+            Some(reason) => out.rejected.push(BadEntry {
+                key: keys.config(&n.name),
+                reason: format!("network {} refused: {reason}", n.name),
+            }),
+            None => {
+                out.networks.insert(n.name.clone(), n.clone());
+            }
+        }
+    }
+    let cidrs: Vec<Ipv4Net> = snap.networks.values().map(|n| n.cidr).collect();
+    for (name, leases) in &snap.leases {
+        let Some(net) = out.networks.get(name) else {
+            continue;
+        };
+        let mut order: Vec<(&Ipv4Net, &SubnetLease)> = leases.iter().collect();
+        order.sort_by_key(|(sn, _)| (created(name, Some(**sn)), **sn));
+        let accepted = out.leases.entry(name.clone()).or_default();
+        for (sn, l) in order {
+            let reason = if !net.cidr.contains(sn) || sn.prefix_len() != net.subnet_len {
+                Some(format!(
+                    "subnet {sn} is not a /{} of network {name}'s {}",
+                    net.subnet_len, net.cidr
+                ))
+            } else if let Some((o, ol)) = accepted.iter().find(|(o, _)| overlaps(o, sn)) {
+                Some(format!(
+                    "subnet {sn} overlaps the older lease {o} of node {}",
+                    ol.node
+                ))
+            } else {
+                unusable_underlay(l.underlay_ip, &cidrs, ctx)
+            };
+            match reason {
+                Some(r) => out.rejected.push(BadEntry {
+                    key: keys.lease(name, sn),
+                    reason: format!("lease of node {} refused: {r}", l.node),
+                }),
+                None => {
+                    accepted.insert(*sn, l.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::snapshot::ListedKv;
+
+    fn lease(node: &str, ip: &str) -> String {
+        format!(
+            r#"{{"node":"{node}","underlay_ip":"{ip}","vtep_mac":"0e:6e:00:00:00:01","dataplane":"ebpf","agent_version":"t"}}"#
+        )
+    }
+
+    fn judged(kvs: &[(&str, String, i64)]) -> Judged {
+        let k = Keys::new("/netfab");
+        let list: Vec<ListedKv> = kvs
+            .iter()
+            .map(|(key, v, r)| (*key, v.as_bytes(), *r))
+            .collect();
+        let (snap, _) = Snapshot::from_kvs(&k, list, 100, None);
+        let ctx = Context {
+            underlay: Some("100.64.0.1/24".parse().unwrap()),
+            etcd_ips: vec!["100.64.0.254".parse().unwrap()],
+        };
+        judge(&snap, &k, &ctx)
+    }
+
+    fn cfg(name: &str, cidr: &str, vni: u32) -> String {
+        format!(r#"{{"name":"{name}","cidr":"{cidr}","subnet_len":24,"vni":{vni}}}"#)
+    }
+
+    #[test]
+    fn older_network_wins_and_dangerous_cidrs_are_refused() {
+        let j = judged(&[
+            ("/netfab/networks/a/config", cfg("a", "10.244.0.0/16", 1), 5),
+            ("/netfab/networks/b/config", cfg("b", "10.245.0.0/16", 1), 3),
+            (
+                "/netfab/networks/c/config",
+                cfg("c", "10.244.128.0/17", 7),
+                9,
+            ),
+            ("/netfab/networks/d/config", cfg("d", "100.64.0.0/16", 8), 1),
+            (
+                "/netfab/networks/e/config",
+                cfg("e", "10.246.0.0/16", 9),
+                10,
+            ),
+        ]);
+        assert_eq!(j.networks.keys().collect::<Vec<_>>(), vec!["b", "c", "e"]);
+        let reasons: Vec<String> = j
+            .rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.key, r.reason))
+            .collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].contains("networks/d/config") && reasons[0].contains("underlay"));
+        assert!(reasons[1].contains("networks/a/config") && reasons[1].contains("VNI 1"));
+    }
+
+    #[test]
+    fn each_bad_lease_is_refused_with_its_key_and_the_rest_served() {
+        let n = ("/netfab/networks/a/config", cfg("a", "10.244.0.0/16", 1), 1);
+        let l = |sn: &str, node: &str, ip: &str, rev: i64| {
+            (
+                Box::leak(format!("/netfab/networks/a/leases/{sn}").into_boxed_str()) as &str,
+                lease(node, ip),
+                rev,
+            )
+        };
+        let j = judged(&[
+            n,
+            l("10.244.1.0-24", "h1", "100.64.0.1", 2),
+            l("10.244.2.0-24", "h2", "100.64.0.2", 3),
+            l("10.244.0.0-23", "x1", "100.64.0.9", 4),
+            l("10.244.1.0-25", "x2", "100.64.0.9", 4),
+            l("198.18.0.0-24", "x3", "100.64.0.9", 5),
+            l("100.64.0.0-24", "x4", "100.64.0.9", 5),
+            l("10.244.3.0-24", "x5", "0.0.0.0", 6),
+            l("10.244.4.0-24", "x6", "127.0.0.1", 6),
+            l("10.244.5.0-24", "x7", "255.255.255.255", 6),
+            l("10.244.6.0-24", "x8", "224.0.0.1", 6),
+            l("10.244.7.0-24", "x9", "100.64.0.254", 6),
+            l("10.244.8.0-24", "x10", "10.244.9.9", 6),
+            l("10.244.10.0-24", "h3", "100.64.0.3", 7),
+        ]);
+        let ok: Vec<String> = j.leases["a"].keys().map(|s| s.to_string()).collect();
+        assert_eq!(ok, vec!["10.244.1.0/24", "10.244.2.0/24", "10.244.10.0/24"]);
+        assert_eq!(j.rejected.len(), 10, "{:?}", j.rejected);
+        for r in &j.rejected {
+            assert!(r.key.starts_with("/netfab/networks/a/leases/"), "{r:?}");
+        }
+        assert!(j
+            .rejected
+            .iter()
+            .any(|r| r.reason.contains("is an etcd endpoint")));
+        assert!(j
+            .rejected
+            .iter()
+            .any(|r| r.reason.contains("inside container network")));
+    }
+}
