@@ -17,8 +17,10 @@ pub mod maps {
     pub const HOST_CONFIG: &str = "NF_HOST_CONFIG";
     pub const TRAFFIC: &str = "NF_TRAFFIC";
     pub const DROPS: &str = "NF_DROPS";
+    pub const GUARDS: &str = "NF_GUARDS";
+    pub const SETTINGS: &str = "NF_SETTINGS";
     /// Every map user space pins and adopts across restarts.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 9] = [
         ENDPOINTS,
         REMOTE_SUBNETS,
         KNOWN_HOSTS,
@@ -26,6 +28,8 @@ pub mod maps {
         HOST_CONFIG,
         TRAFFIC,
         DROPS,
+        GUARDS,
+        SETTINGS,
     ];
 }
 
@@ -40,6 +44,40 @@ pub const MAX_ENDPOINTS: u32 = 16384;
 pub const MAX_REMOTE_SUBNETS: u32 = 16384;
 pub const MAX_HOSTS: u32 = 16384;
 pub const MAX_NETWORKS: u32 = 256;
+pub const MAX_GUARDS: u32 = 256;
+
+/// A destination containers must never reach through the host stack: the
+/// tunnel port of any host, the etcd endpoints. Key of the guards map; the
+/// value is the `DropReason` (as u32) counted when a packet hits it.
+/// `daddr == 0` matches every destination the host stack would route.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct GuardKey {
+    /// IPv4 destination, network byte order (0 = any).
+    pub daddr: u32,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol (6 TCP, 17 UDP).
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<GuardKey>() == 8);
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Host-wide switches; a one-slot array at index 0.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// `SETTINGS_F_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Settings>() == 4);
+
+/// Log every drop through aya-log (costly under a flood; off by default,
+/// the per-reason counters always count).
+pub const SETTINGS_F_LOG_DROPS: u32 = 1;
 
 /// A container attached on this host. Key: container IPv4, network byte order
 /// (the raw `u32` as it sits in the IP header).
@@ -189,11 +227,18 @@ pub enum DropReason {
     /// Unencapsulated packet for a container from a source that is not a
     /// direct-routing peer's subnet.
     NotDirectPeer = 11,
+    /// A container sent to the tunnel (VXLAN) port of a host.
+    TunnelPort = 12,
+    /// A container sent to an etcd endpoint.
+    ControlPlane = 13,
+    /// VXLAN from a known host whose inner source is not inside a subnet
+    /// that host holds in that VNI.
+    ForeignInnerSource = 14,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 12;
-    pub const ALL: [DropReason; 12] = [
+    pub const COUNT: u32 = 15;
+    pub const ALL: [DropReason; 15] = [
         DropReason::Truncated,
         DropReason::BadIpHeader,
         DropReason::SpoofedSource,
@@ -206,6 +251,9 @@ impl DropReason {
         DropReason::HelperFailed,
         DropReason::NotIpv4,
         DropReason::NotDirectPeer,
+        DropReason::TunnelPort,
+        DropReason::ControlPlane,
+        DropReason::ForeignInnerSource,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -222,6 +270,9 @@ impl DropReason {
             DropReason::HelperFailed => "helper_failed",
             DropReason::NotIpv4 => "not_ipv4",
             DropReason::NotDirectPeer => "not_direct_peer",
+            DropReason::TunnelPort => "tunnel_port",
+            DropReason::ControlPlane => "control_plane",
+            DropReason::ForeignInnerSource => "foreign_inner_source",
         }
     }
 }
@@ -241,6 +292,10 @@ mod pod {
     unsafe impl aya::Pod for super::HostConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TrafficCounter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GuardKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Per-CPU traffic and drop counters, and the verdict type every path returns.
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use aya_log_ebpf::debug;
-use netfab_common::{Direction, DropReason};
+use netfab_common::{Direction, DropReason, SETTINGS_F_LOG_DROPS};
 
-use crate::maps::{DROPS, TRAFFIC};
+use crate::maps::{DROPS, SETTINGS, TRAFFIC};
 
 /// What a program decided. Drops carry their reason so they are always counted.
 pub enum Verdict {
@@ -18,7 +18,14 @@ impl Verdict {
             Verdict::Action(a) => a,
             Verdict::Drop(reason) => {
                 count_drop(reason);
-                debug!(ctx, "netfab drop reason={}", reason as u32);
+                // Logging is opt-in: under a flood it would cost the agent
+                // CPU for every junk frame.
+                if SETTINGS
+                    .get(0)
+                    .is_some_and(|s| s.flags & SETTINGS_F_LOG_DROPS != 0)
+                {
+                    debug!(ctx, "netfab drop reason={}", reason as u32);
+                }
                 TC_ACT_SHOT as i32
             }
         }

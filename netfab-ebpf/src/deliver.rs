@@ -6,7 +6,7 @@ use netfab_common::{Direction, DropReason, Endpoint, REMOTE_F_DIRECT};
 
 use crate::{
     counters::{count, Verdict},
-    direct, drop_with, encap,
+    direct, drop_with, encap, guard,
     maps::{ENDPOINTS, REMOTE_SUBNETS},
     packet::{parse, Ipv4Frame, Parsed},
     to_stack,
@@ -46,7 +46,9 @@ pub fn try_from_container(ctx: &TcContext) -> Result<Verdict, Verdict> {
         return encap::to_overlay(ctx, &frame, &remote);
     }
 
-    // The host itself or the outside world: the host stack routes it.
+    // The host itself or the outside world: the host stack routes it,
+    // unless it is aimed at the fabric's own plumbing.
+    guard::check(ctx, &frame)?;
     Ok(to_stack(ctx))
 }
 

@@ -4,6 +4,7 @@ use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
     bindings::bpf_tunnel_key,
+    maps::lpm_trie::Key,
     helpers::{bpf_redirect, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
@@ -13,7 +14,7 @@ use crate::{
     counters::{count, Verdict},
     deliver::{deliver_local, lookup_endpoint},
     drop_with,
-    maps::{HOST_CONFIG, KNOWN_HOSTS, NETWORKS},
+    maps::{HOST_CONFIG, KNOWN_HOSTS, NETWORKS, REMOTE_SUBNETS},
     packet::{parse, Ipv4Frame, Parsed},
     to_stack,
 };
@@ -90,6 +91,12 @@ pub fn try_from_overlay(ctx: &TcContext) -> Result<Verdict, Verdict> {
         Parsed::Ipv4(f) => f,
         Parsed::Other => return Err(drop_with(DropReason::NotIpv4)),
     };
+    // The inner source must lie in a subnet this very host holds in this
+    // VNI: a known host cannot speak for another host or another network.
+    match REMOTE_SUBNETS.get(Key::new(32, frame.saddr())) {
+        Some(o) if o.underlay_ip == remote_ip && o.vni == vni => {}
+        _ => return Err(drop_with(DropReason::ForeignInnerSource)),
+    }
     let dst = lookup_endpoint(frame.daddr()).ok_or(drop_with(DropReason::NoEndpoint))?;
     if dst.vni != vni {
         return Err(drop_with(DropReason::NetworkMismatch));

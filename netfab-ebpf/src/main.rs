@@ -21,6 +21,7 @@ mod counters;
 mod deliver;
 mod direct;
 mod encap;
+mod guard;
 mod maps;
 mod packet;
 

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use netfab_common::{
-    Endpoint, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, TrafficCounter, MAX_ENDPOINTS,
-    MAX_HOSTS, MAX_NETWORKS, MAX_REMOTE_SUBNETS,
+    Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, Settings,
+    TrafficCounter, MAX_ENDPOINTS, MAX_GUARDS, MAX_HOSTS, MAX_NETWORKS, MAX_REMOTE_SUBNETS,
 };
 
 /// Local containers by IPv4 (network order).
@@ -34,3 +34,11 @@ pub static TRAFFIC: PerCpuArray<TrafficCounter> =
 
 #[map(name = "NF_DROPS")]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(netfab_common::DropReason::COUNT, 0);
+
+/// Destinations containers may not reach through the stack; value: the
+/// drop reason to count.
+#[map(name = "NF_GUARDS")]
+pub static GUARDS: HashMap<GuardKey, u32> = HashMap::pinned(MAX_GUARDS, 0);
+
+#[map(name = "NF_SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);

@@ -83,6 +83,28 @@ impl Ipv4Frame {
         unsafe { (*self.ip).saddr }
     }
 
+    /// Protocol and destination port (network order) of a TCP or UDP
+    /// packet; `None` for other protocols and for non-first fragments
+    /// (which carry no port).
+    #[inline(always)]
+    pub fn l4_dport(&self, ctx: &TcContext) -> Option<(u8, u16)> {
+        // SAFETY: the header was bounds-checked in `parse`.
+        let (proto, frag, ihl) = unsafe {
+            (
+                (*self.ip).protocol,
+                u16::from_be((*self.ip).frag_off),
+                ((*self.ip).version_ihl & 0x0f) as usize,
+            )
+        };
+        if (proto != 6 && proto != 17) || frag & 0x1fff != 0 {
+            return None;
+        }
+        // The port sits 2 bytes into the TCP/UDP header; load_bytes also
+        // reads from the non-linear part of the packet.
+        let port: u16 = ctx.load(ETH_LEN + ihl * 4 + 2).ok()?;
+        Some((proto, port))
+    }
+
     #[inline(always)]
     pub fn daddr(&self) -> u32 {
         // SAFETY: as above.

@@ -33,9 +33,41 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
 }
 
+/// The endpoints as the durable records say: every IPAM allocation whose
+/// host veth exists, with the container MAC the host knows for it. Pure.
+pub fn rebuild(
+    allocations: &[(String, std::net::Ipv4Addr, crate::ipam::Allocation)],
+    macs: &std::collections::BTreeMap<std::net::Ipv4Addr, MacAddr>,
+) -> Vec<LocalEndpoint> {
+    allocations
+        .iter()
+        .filter_map(|(net, ip, a)| {
+            Some(LocalEndpoint {
+                ip: *ip,
+                network: net.clone(),
+                host_ifname: a.host_ifname.clone(),
+                mac: *macs.get(ip)?,
+            })
+        })
+        .collect()
+}
+
+/// Replaces the file's contents under the lock (a rebuild after corruption).
+pub fn replace(path: &Path, eps: Vec<LocalEndpoint>) -> Result<()> {
+    locked(path, |_| Ok(eps))
+}
+
 /// Read-modify-write of the endpoints file under an exclusive lock, so
 /// concurrent CNI calls never lose each other's entries.
 pub fn update(path: &Path, f: impl FnOnce(&mut Vec<LocalEndpoint>)) -> Result<()> {
+    locked(path, |p| {
+        let mut eps = load(p)?;
+        f(&mut eps);
+        Ok(eps)
+    })
+}
+
+fn locked(path: &Path, f: impl FnOnce(&Path) -> Result<Vec<LocalEndpoint>>) -> Result<()> {
     use std::os::fd::AsRawFd;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -51,7 +83,6 @@ pub fn update(path: &Path, f: impl FnOnce(&mut Vec<LocalEndpoint>)) -> Result<()
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(std::io::Error::last_os_error()).context("locking the endpoints file");
     }
-    let mut eps = load(path)?;
-    f(&mut eps);
+    let eps = f(path)?;
     write_atomic(path, &serde_json::to_string_pretty(&eps)?)
 }

@@ -36,6 +36,12 @@ pub struct DesiredState {
     /// between two of them is dropped on the stack-routed backends.
     #[serde(default)]
     pub cluster_cidrs: Vec<Ipv4Net>,
+    /// etcd endpoints: containers may never reach them.
+    #[serde(default)]
+    pub etcd_endpoints: Vec<std::net::SocketAddrV4>,
+    /// Log every datapath drop (the counters always count).
+    #[serde(default)]
+    pub log_drops: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -63,6 +63,13 @@ pub struct AgentArgs {
     /// The compiled eBPF object [default: netfab.bpf.o next to this binary].
     #[arg(long, env = "NETFAB_BPF_OBJECT")]
     bpf_object: Option<PathBuf>,
+    /// The CNI plugin's IPAM data directory (its `dataDir`): local
+    /// containers are rebuilt from it if the endpoints file is corrupt.
+    #[arg(long, default_value = "/var/lib/netfab/ipam")]
+    ipam_dir: PathBuf,
+    /// Log every datapath drop (the per-reason counters always count).
+    #[arg(long)]
+    log_drops: bool,
     /// Seconds between full resyncs that repair drift (fractions allowed).
     #[arg(long, default_value_t = 10.0)]
     resync_secs: f64,
@@ -82,6 +89,13 @@ pub fn run(a: AgentArgs) -> Result<()> {
     if a.lease_ttl < 2 {
         bail!("--lease-ttl must be at least 2 seconds");
     }
+    // One agent per node: two would fight over the same maps and leases.
+    let run_dir = a
+        .status_file
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/run/netfab"));
+    let _lock = lock_node(&run_dir, &node)?;
     runtime()?.block_on(async move {
         if let Some(state_file) = a.state_file {
             let bpf_object = object::locate(a.bpf_object.as_deref())?;
@@ -126,6 +140,8 @@ pub fn run(a: AgentArgs) -> Result<()> {
             etcd,
             etcd_addrs,
             lease_grace: Duration::from_secs(a.lease_grace_secs),
+            log_drops: a.log_drops,
+            ipam_dir: a.ipam_dir,
             node,
             underlay_interface: a.underlay_interface,
             underlay_ip: underlay_net.addr(),
@@ -141,6 +157,37 @@ pub fn run(a: AgentArgs) -> Result<()> {
         };
         Controller::new(cfg, &mut dp).run(shutdown_signal()).await
     })
+}
+
+/// Takes `<run dir>/agent.lock` (flock) for the process's lifetime, or says
+/// who holds it.
+fn lock_node(run_dir: &std::path::Path, node: &str) -> Result<std::fs::File> {
+    use std::{io::Write, os::fd::AsRawFd};
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let path = run_dir.join("agent.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on an fd we own; the lock lives as long as the file.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            "another netfab agent already runs for node {node} (it holds {}{}); \
+             stop it first: two agents would fight over the same dataplane and leases",
+            path.display(),
+            match holder.trim() {
+                "" => String::new(),
+                pid => format!(", PID {pid}"),
+            }
+        );
+    }
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
 }
 
 pub fn show_status(file: PathBuf, json: bool) -> Result<()> {

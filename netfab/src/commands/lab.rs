@@ -31,9 +31,10 @@ pub struct LabShape {
     /// Lease TTL in seconds (etcd mode).
     #[arg(long, default_value_t = 10)]
     lease_ttl: u32,
-    /// etcd with TLS and client certificates.
+    /// etcd over plain HTTP instead of TLS with client certificates (the
+    /// default): any process that reaches etcd can then rewrite the fabric.
     #[arg(long)]
-    etcd_tls: bool,
+    etcd_plain: bool,
     /// Underlay L2 segments joined by a router; hosts alternate between them.
     #[arg(long, default_value_t = 1)]
     segments: u32,
@@ -60,7 +61,7 @@ impl LabShape {
             self.control,
         )?;
         t.lease_ttl = self.lease_ttl.max(2);
-        t.etcd_tls = self.etcd_tls;
+        t.etcd_tls = !self.etcd_plain;
         t.segments = self.segments.clamp(1, 8);
         t.dataplane = self.dataplane;
         t.no_bpf_hosts = self.no_bpf_hosts.clone();

@@ -42,6 +42,8 @@ pub fn desired_state(
         remotes: Vec::new(),
         endpoints: Vec::new(),
         masquerade: false,
+        etcd_endpoints: Vec::new(),
+        log_drops: false,
         cluster_cidrs: snap.networks.values().map(|n| n.cidr).collect(),
     };
     let mut port = None;

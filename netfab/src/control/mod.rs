@@ -77,6 +77,33 @@ pub struct ControlConfig {
     /// The etcd endpoints as addresses: never routed into the fabric, never
     /// reachable from containers.
     pub etcd_addrs: Vec<SocketAddrV4>,
+    /// Log every datapath drop.
+    pub log_drops: bool,
+    /// The CNI plugin's IPAM data directory: the durable record of local
+    /// containers, from which a corrupt endpoints file is rebuilt.
+    pub ipam_dir: PathBuf,
+}
+
+/// Local containers from the durable records: IPAM allocations whose host
+/// veth still exists, with the MAC of the host's permanent neighbour entry
+/// for the container (every backend installs one). Rewrites the file.
+async fn rebuild_endpoints(ipam_dir: &std::path::Path, file: &std::path::Path) -> Result<Vec<LocalEndpoint>> {
+    let allocs = crate::ipam::all(ipam_dir)?;
+    let nl = crate::netlink::Netlink::connect()?;
+    let links = nl.links().await?;
+    let mut macs = BTreeMap::new();
+    for (_, ip, a) in &allocs {
+        let Some(link) = links.get(&a.host_ifname) else {
+            continue;
+        };
+        let (neighs, _) = nl.neigh_list(link.facts.ifindex).await?;
+        if let Some((n, _)) = neighs.into_iter().find(|(n, _)| n.ip == *ip) {
+            macs.insert(*ip, n.mac);
+        }
+    }
+    let eps = endpoints::rebuild(&allocs, &macs);
+    endpoints::replace(file, eps.clone())?;
+    Ok(eps)
 }
 
 /// What the lease file holds.
@@ -236,7 +263,19 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                         self.endpoints = e;
                         dirty = true;
                     }
-                    Err(e) => error!("{e:#}; keeping the previous endpoints"),
+                    Err(e) => {
+                        error!("{e:#}; rebuilding it from the IPAM allocations");
+                        match rebuild_endpoints(&self.cfg.ipam_dir, &self.cfg.endpoints_file).await
+                        {
+                            Ok(eps) => {
+                                info!("endpoints file rebuilt: {} containers", eps.len());
+                                self.endpoints = eps;
+                                dirty = true;
+                                ep_stamp = stamp(&self.cfg.endpoints_file);
+                            }
+                            Err(e) => error!("rebuilding endpoints: {e:#}; keeping the previous"),
+                        }
+                    }
                 }
             }
             if !s.is_up() && Instant::now() >= next_connect {
@@ -612,6 +651,8 @@ impl<'a, D: Dataplane> Controller<'a, D> {
             &self.me.node,
         );
         state.masquerade = self.cfg.masquerade;
+        state.etcd_endpoints = self.cfg.etcd_addrs.clone();
+        state.log_drops = self.cfg.log_drops;
         for w in warnings {
             warn!("{w}");
         }

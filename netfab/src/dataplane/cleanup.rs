@@ -1,6 +1,6 @@
 //! `netfab cleanup`: remove everything any backend created on this host,
 //! keep going past errors and report all of them.
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use anyhow::{anyhow, Result};
 
@@ -39,20 +39,7 @@ pub async fn cleanup(pin_dir: &Path, vxlan_device: &str) -> Result<()> {
         }
         Err(e) => errors.push(format!("{e:#}")),
     }
-    for (table, chain, target) in [
-        ("nat", "POSTROUTING", "NETFAB-MASQ"),
-        ("filter", "FORWARD", "NETFAB-ISOLATE"),
-    ] {
-        let ipt = |args: &[&str]| {
-            Command::new("iptables")
-                .args(["-t", table])
-                .args(args)
-                .output()
-        };
-        while ipt(&["-D", chain, "-j", target]).is_ok_and(|o| o.status.success()) {}
-        let _ = ipt(&["-F", target]);
-        let _ = ipt(&["-X", target]);
-    }
+    super::iptables::remove_all();
     if errors.is_empty() {
         Ok(())
     } else {

@@ -14,6 +14,16 @@ use crate::{
     state::DesiredState,
 };
 
+/// What a stack-routed backend needs the host firewall to check for it
+/// (eBPF checks these in its programs).
+#[derive(Debug, Clone, Default)]
+pub struct FallbackGuards {
+    /// (kernel VXLAN device, the remote subnets of its VNI).
+    pub vxlan_devices: Vec<(String, Vec<ipnet::Ipv4Net>)>,
+    /// Remote subnets routed over the underlay without encapsulation.
+    pub direct_sources: Vec<ipnet::Ipv4Net>,
+}
+
 #[derive(Default)]
 pub struct HostPlumbing {
     last_rules: Option<String>,
@@ -39,6 +49,7 @@ impl HostPlumbing {
         state: &DesiredState,
         links: &HashMap<String, LinkDetail>,
         backend_routes: Vec<HostRoute>,
+        fallback: Option<FallbackGuards>,
         report: &mut ApplyReport,
     ) -> Result<()> {
         ensure_forwarding()?;
@@ -86,7 +97,26 @@ impl HostPlumbing {
         report.map_removals += d.removals.len();
 
         let local: Vec<ipnet::Ipv4Net> = state.networks.iter().map(|n| n.subnet).collect();
-        let rules = iptables::ruleset(state.masquerade, &local, &state.cluster_cidrs);
+        let mut input = iptables::RuleInput {
+            masquerade: state.masquerade,
+            local_subnets: local.clone(),
+            cluster: state.cluster_cidrs.clone(),
+            vxlan_port: state.vxlan_port,
+            etcd: state.etcd_endpoints.clone(),
+            endpoints: state
+                .endpoints
+                .iter()
+                .filter(|e| links.contains_key(&e.host_ifname))
+                .map(|e| (e.host_ifname.clone(), e.ip))
+                .collect(),
+            ..Default::default()
+        };
+        if let Some(f) = &fallback {
+            input.known_hosts = Some(state.remotes.iter().map(|r| r.underlay_ip).collect());
+            input.vxlan_devices = f.vxlan_devices.clone();
+            input.underlay = Some((state.underlay_interface.clone(), f.direct_sources.clone()));
+        }
+        let rules = iptables::ruleset(&input);
         // Re-applied on every resync too (last_rules is only a change log),
         // so rules flushed by hand come back.
         if self.last_rules.as_deref() != Some(rules.as_str()) {

@@ -48,8 +48,12 @@ impl Dataplane for HostGwDataplane {
             });
         }
         let links = nl.links().await?;
+        let guards = super::host::FallbackGuards {
+            vxlan_devices: Vec::new(),
+            direct_sources: routes.iter().map(|r| r.dst).collect(),
+        };
         self.host
-            .apply(nl, state, &links, routes, &mut report)
+            .apply(nl, state, &links, routes, Some(guards), &mut report)
             .await?;
         Ok(report)
     }

@@ -1,32 +1,121 @@
 //! iptables rules every backend shares, in chains of their own:
-//! `NETFAB-MASQ` (nat POSTROUTING) source-NATs container traffic leaving the
-//! cluster, as flannel's --ip-masq does; `NETFAB-ISOLATE` (filter FORWARD)
-//! drops traffic between two networks where the host stack routes it.
+//! - `NETFAB-MASQ` (nat POSTROUTING) source-NATs container traffic leaving the
+//!   cluster, as flannel's --ip-masq does;
+//! - `NETFAB-ISOLATE` (filter FORWARD) drops traffic between two networks
+//!   where the host stack routes it;
+//! - `NETFAB-GUARD` (filter INPUT and FORWARD) keeps containers away from
+//!   the fabric's plumbing: any host's tunnel port and the etcd endpoints;
+//!   where the kernel VXLAN device receives (`vxlan`, `host-gw`), it also
+//!   accepts the tunnel port only from known hosts;
+//! - `NETFAB-SOURCE` (raw PREROUTING) validates sources before routing: each
+//!   container veth carries only its container's address, each kernel VXLAN
+//!   device only its VNI's remote subnets, and the underlay delivers plain IP
+//!   to containers only from direct peers' subnets.
+//!
+//! On the eBPF backend the TC programs drop all of this first (counted per
+//! reason); the chains are the fallbacks' enforcement and counters
+//! (`iptables-save -c`). What the kernel-VXLAN fallback cannot check: that
+//! an inner source belongs to the very host that sent the frame (only to a
+//! remote subnet of that VNI); `docs/trust.md`.
 use std::{
     io::Write,
+    net::{Ipv4Addr, SocketAddrV4},
     process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 
-/// The iptables-restore input for the two chains. Pure.
-pub fn ruleset(masquerade: bool, local_subnets: &[Ipv4Net], cluster: &[Ipv4Net]) -> String {
+/// Everything the rules are made from. Pure input.
+#[derive(Debug, Clone, Default)]
+pub struct RuleInput {
+    pub masquerade: bool,
+    /// This host's subnets.
+    pub local_subnets: Vec<Ipv4Net>,
+    /// Every network's CIDR.
+    pub cluster: Vec<Ipv4Net>,
+    pub vxlan_port: u16,
+    pub etcd: Vec<SocketAddrV4>,
+    /// (host veth, container address) of each local container.
+    pub endpoints: Vec<(String, Ipv4Addr)>,
+    /// Underlay addresses allowed to send to the tunnel port; `None` where
+    /// the datapath filters them itself (eBPF).
+    pub known_hosts: Option<Vec<Ipv4Addr>>,
+    /// (kernel VXLAN device, remote subnets of its VNI).
+    pub vxlan_devices: Vec<(String, Vec<Ipv4Net>)>,
+    /// The underlay interface and the remote subnets allowed to arrive on it
+    /// unencapsulated; `None` where the datapath checks that itself.
+    pub underlay: Option<(String, Vec<Ipv4Net>)>,
+}
+
+/// The iptables-restore input for the chains. Pure.
+pub fn ruleset(r: &RuleInput) -> String {
     let mut s = String::from("*nat\n:NETFAB-MASQ - [0:0]\n-F NETFAB-MASQ\n");
-    if masquerade {
-        for c in cluster {
+    if r.masquerade {
+        for c in &r.cluster {
             s += &format!("-A NETFAB-MASQ -d {c} -j RETURN\n");
         }
-        for l in local_subnets {
+        for l in &r.local_subnets {
             s += &format!("-A NETFAB-MASQ -s {l} -j MASQUERADE\n");
         }
     }
     s += "COMMIT\n*filter\n:NETFAB-ISOLATE - [0:0]\n-F NETFAB-ISOLATE\n";
-    for a in cluster {
-        for b in cluster {
+    for a in &r.cluster {
+        for b in &r.cluster {
             if a != b {
                 s += &format!("-A NETFAB-ISOLATE -s {a} -d {b} -j DROP\n");
             }
+        }
+    }
+    s += ":NETFAB-GUARD - [0:0]\n-F NETFAB-GUARD\n";
+    let port = r.vxlan_port;
+    for c in &r.cluster {
+        for e in &r.etcd {
+            s += &format!(
+                "-A NETFAB-GUARD -s {c} -d {}/32 -p tcp --dport {} -j DROP\n",
+                e.ip(),
+                e.port()
+            );
+        }
+    }
+    // A container may talk to another container on any port, but never to a
+    // host's tunnel port: not this host's (INPUT, any local address), not
+    // another's (FORWARD, masqueraded to a known host's address otherwise).
+    for c in &r.cluster {
+        s += &format!("-A NETFAB-GUARD -s {c} -p udp --dport {port} -m addrtype --dst-type LOCAL -j DROP\n");
+    }
+    for c in &r.cluster {
+        for d in &r.cluster {
+            s += &format!("-A NETFAB-GUARD -s {c} -d {d} -j RETURN\n");
+        }
+        s += &format!("-A NETFAB-GUARD -s {c} -p udp --dport {port} -j DROP\n");
+    }
+    if let Some(known) = &r.known_hosts {
+        for h in known {
+            s += &format!(
+                "-A NETFAB-GUARD -s {h}/32 -p udp --dport {port} -m addrtype --dst-type LOCAL -j RETURN\n"
+            );
+        }
+        s += &format!(
+            "-A NETFAB-GUARD -p udp --dport {port} -m addrtype --dst-type LOCAL -j DROP\n"
+        );
+    }
+    s += "COMMIT\n*raw\n:NETFAB-SOURCE - [0:0]\n-F NETFAB-SOURCE\n";
+    for (ifname, ip) in &r.endpoints {
+        s += &format!("-A NETFAB-SOURCE -i {ifname} ! -s {ip}/32 -j DROP\n");
+    }
+    for (dev, subnets) in &r.vxlan_devices {
+        for sn in subnets {
+            s += &format!("-A NETFAB-SOURCE -i {dev} -s {sn} -j RETURN\n");
+        }
+        s += &format!("-A NETFAB-SOURCE -i {dev} -j DROP\n");
+    }
+    if let Some((ul, allowed)) = &r.underlay {
+        for l in &r.local_subnets {
+            for a in allowed {
+                s += &format!("-A NETFAB-SOURCE -i {ul} -s {a} -d {l} -j RETURN\n");
+            }
+            s += &format!("-A NETFAB-SOURCE -i {ul} -d {l} -j DROP\n");
         }
     }
     s + "COMMIT\n"
@@ -41,6 +130,15 @@ fn run(args: &[&str]) -> Result<bool> {
         .context("running iptables (is it installed?)")?;
     Ok(st.success())
 }
+
+/// The built-in chains that jump to ours.
+const JUMPS: [(&str, &str, &str); 5] = [
+    ("nat", "POSTROUTING", "NETFAB-MASQ"),
+    ("filter", "FORWARD", "NETFAB-ISOLATE"),
+    ("filter", "FORWARD", "NETFAB-GUARD"),
+    ("filter", "INPUT", "NETFAB-GUARD"),
+    ("raw", "PREROUTING", "NETFAB-SOURCE"),
+];
 
 /// Loads the chains and makes sure the built-in chains jump to them.
 pub fn apply(rules: &str) -> Result<()> {
@@ -62,10 +160,7 @@ pub fn apply(rules: &str) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    for (table, chain, target) in [
-        ("nat", "POSTROUTING", "NETFAB-MASQ"),
-        ("filter", "FORWARD", "NETFAB-ISOLATE"),
-    ] {
+    for (table, chain, target) in JUMPS {
         if !run(&["-t", table, "-C", chain, "-j", target])?
             && !run(&["-t", table, "-I", chain, "1", "-j", target])?
         {
@@ -75,22 +170,84 @@ pub fn apply(rules: &str) -> Result<()> {
     Ok(())
 }
 
+/// Removes the jumps and the chains (cleanup).
+pub fn remove_all() {
+    for (table, chain, target) in JUMPS {
+        while run(&["-t", table, "-D", chain, "-j", target]).unwrap_or(false) {}
+    }
+    for (table, _, target) in JUMPS {
+        let _ = run(&["-t", table, "-F", target]);
+        let _ = run(&["-t", table, "-X", target]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn input() -> RuleInput {
+        RuleInput {
+            masquerade: true,
+            local_subnets: vec!["10.244.3.0/24".parse().unwrap()],
+            cluster: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "10.245.0.0/16".parse().unwrap(),
+            ],
+            vxlan_port: 4789,
+            etcd: vec!["100.64.0.254:2379".parse().unwrap()],
+            endpoints: vec![("nfabc".into(), "10.244.3.2".parse().unwrap())],
+            known_hosts: None,
+            vxlan_devices: Vec::new(),
+            underlay: None,
+        }
+    }
+
     #[test]
     fn masquerades_only_cluster_egress_and_isolates_networks() {
-        let a: Ipv4Net = "10.244.0.0/16".parse().unwrap();
-        let b: Ipv4Net = "10.245.0.0/16".parse().unwrap();
-        let r = ruleset(true, &["10.244.3.0/24".parse().unwrap()], &[a, b]);
+        let r = ruleset(&input());
         assert!(r.contains("-A NETFAB-MASQ -d 10.244.0.0/16 -j RETURN\n"));
         assert!(r.contains("-A NETFAB-MASQ -s 10.244.3.0/24 -j MASQUERADE\n"));
         // RETURN for cluster destinations comes before MASQUERADE.
         assert!(r.find("RETURN").unwrap() < r.find("MASQUERADE").unwrap());
         assert!(r.contains("-A NETFAB-ISOLATE -s 10.244.0.0/16 -d 10.245.0.0/16 -j DROP\n"));
         assert!(r.contains("-A NETFAB-ISOLATE -s 10.245.0.0/16 -d 10.244.0.0/16 -j DROP\n"));
-        let off = ruleset(false, &["10.244.3.0/24".parse().unwrap()], &[a]);
+        let off = ruleset(&RuleInput {
+            masquerade: false,
+            ..input()
+        });
         assert!(!off.contains("MASQUERADE"));
+    }
+
+    #[test]
+    fn containers_never_reach_etcd_or_a_tunnel_port_and_cannot_spoof() {
+        let r = ruleset(&input());
+        let etcd = "-A NETFAB-GUARD -s 10.244.0.0/16 -d 100.64.0.254/32 -p tcp --dport 2379 -j DROP\n";
+        let local = "-A NETFAB-GUARD -s 10.244.0.0/16 -p udp --dport 4789 -m addrtype --dst-type LOCAL -j DROP\n";
+        let ret = "-A NETFAB-GUARD -s 10.244.0.0/16 -d 10.244.0.0/16 -j RETURN\n";
+        let fwd = "-A NETFAB-GUARD -s 10.244.0.0/16 -p udp --dport 4789 -j DROP\n";
+        for needle in [etcd, local, ret, fwd] {
+            assert!(r.contains(needle), "missing {needle}");
+        }
+        // The local tunnel port is closed before container-to-container
+        // traffic is let through (a VTEP address is a cluster address).
+        assert!(r.find(local).unwrap() < r.find(ret).unwrap());
+        assert!(r.find(etcd).unwrap() < r.find(ret).unwrap());
+        assert!(r.contains("-A NETFAB-SOURCE -i nfabc ! -s 10.244.3.2/32 -j DROP\n"));
+        assert!(!r.contains("--dst-type LOCAL -j RETURN"), "eBPF filters known hosts itself");
+    }
+
+    #[test]
+    fn fallbacks_filter_known_hosts_vxlan_sources_and_the_underlay() {
+        let r = ruleset(&RuleInput {
+            known_hosts: Some(vec!["100.64.0.2".parse().unwrap()]),
+            vxlan_devices: vec![("nfvx1".into(), vec!["10.244.2.0/24".parse().unwrap()])],
+            underlay: Some(("eth0".into(), vec!["10.244.2.0/24".parse().unwrap()])),
+            ..input()
+        });
+        let allow = "-A NETFAB-GUARD -s 100.64.0.2/32 -p udp --dport 4789 -m addrtype --dst-type LOCAL -j RETURN\n";
+        let deny = "-A NETFAB-GUARD -p udp --dport 4789 -m addrtype --dst-type LOCAL -j DROP\n";
+        assert!(r.find(allow).unwrap() < r.find(deny).unwrap());
+        assert!(r.contains("-A NETFAB-SOURCE -i nfvx1 -s 10.244.2.0/24 -j RETURN\n-A NETFAB-SOURCE -i nfvx1 -j DROP\n"));
+        assert!(r.contains("-A NETFAB-SOURCE -i eth0 -s 10.244.2.0/24 -d 10.244.3.0/24 -j RETURN\n-A NETFAB-SOURCE -i eth0 -d 10.244.3.0/24 -j DROP\n"));
     }
 }

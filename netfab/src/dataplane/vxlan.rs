@@ -137,8 +137,29 @@ impl Dataplane for KernelVxlanDataplane {
             }
         }
         let links: HashMap<_, _> = nl.links().await?;
+        let guards = super::host::FallbackGuards {
+            vxlan_devices: state
+                .networks
+                .iter()
+                .map(|n| {
+                    let remote = state
+                        .remotes
+                        .iter()
+                        .filter(|r| r.vni == n.vni && !r.direct)
+                        .map(|r| r.subnet)
+                        .collect();
+                    (device_name(n.vni), remote)
+                })
+                .collect(),
+            direct_sources: state
+                .remotes
+                .iter()
+                .filter(|r| r.direct)
+                .map(|r| r.subnet)
+                .collect(),
+        };
         self.host
-            .apply(nl, state, &links, routes, &mut report)
+            .apply(nl, state, &links, routes, Some(guards), &mut report)
             .await?;
         Ok(report)
     }

@@ -106,10 +106,13 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
             cmd.args(tls_client_args(topo));
             cmd.args(["--etcd-endpoints", &topo.etcd_url()])
                 .args(["--lease-ttl", &topo.lease_ttl.to_string()])
+                .args(["--lease-grace-secs", &topo.lease_grace.to_string()])
                 .arg("--endpoints-file")
                 .arg(super::host_dir(&topo.name, h).join("endpoints.json"))
                 .arg("--lease-file")
-                .arg(super::host_dir(&topo.name, h).join("leases.json"));
+                .arg(super::host_dir(&topo.name, h).join("leases.json"))
+                .arg("--ipam-dir")
+                .arg(super::host_dir(&topo.name, h).join("ipam"));
         }
     }
     if let Some(o) = bpf_object {

@@ -40,6 +40,9 @@ pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 254);
 /// the lab's namespaces).
 pub const WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
+fn default_grace() -> u32 {
+    3600
+}
 fn one() -> u32 {
     1
 }
@@ -77,7 +80,10 @@ pub struct Topology {
     pub networks: u32,
     pub control: Control,
     pub lease_ttl: u32,
-    /// etcd serves TLS and requires client certificates.
+    /// Agents' --lease-grace-secs.
+    #[serde(default = "default_grace")]
+    pub lease_grace: u32,
+    /// etcd serves TLS and requires client certificates (the default).
     #[serde(default)]
     pub etcd_tls: bool,
     /// L2 segments of the underlay, joined by a router; hosts alternate.
@@ -141,7 +147,8 @@ impl Topology {
             networks,
             control,
             lease_ttl: 10,
-            etcd_tls: false,
+            lease_grace: default_grace(),
+            etcd_tls: true,
             segments: 1,
             dataplane: Choice::Auto,
             no_bpf_hosts: Vec::new(),
@@ -325,6 +332,8 @@ impl Topology {
                 .collect(),
             masquerade: true,
             cluster_cidrs: (1..=self.networks).map(|n| self.network_cidr(n)).collect(),
+            etcd_endpoints: Vec::new(),
+            log_drops: false,
         }
     }
 

@@ -13,8 +13,8 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use netfab_common::{
-    maps as names, Direction, DropReason, Endpoint, HostConfig, KnownHost, NetworkInfo,
-    RemoteSubnet, TrafficCounter,
+    maps as names, Direction, DropReason, Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo,
+    RemoteSubnet, Settings, TrafficCounter,
 };
 use serde::Serialize;
 
@@ -29,6 +29,8 @@ pub struct BpfMaps {
     host_config: Array<MapData, HostConfig>,
     traffic: PerCpuArray<MapData, TrafficCounter>,
     drops: PerCpuArray<MapData, u64>,
+    guards: HashMap<MapData, GuardKey, u32>,
+    settings: Array<MapData, Settings>,
 }
 
 fn open(dir: &Path, name: &str) -> Result<Map> {
@@ -78,6 +80,8 @@ impl BpfMaps {
             host_config: typed!(dir, names::HOST_CONFIG),
             traffic: typed!(dir, names::TRAFFIC),
             drops: typed!(dir, names::DROPS),
+            guards: typed!(dir, names::GUARDS),
+            settings: typed!(dir, names::SETTINGS),
         })
     }
 
@@ -101,7 +105,12 @@ impl BpfMaps {
             let (k, v) = kv.context("reading networks")?;
             t.networks.insert(k, v);
         }
+        for kv in self.guards.iter() {
+            let (k, v) = kv.context("reading guards")?;
+            t.guards.insert(k, v);
+        }
         t.host_config = self.host_config.get(&0, 0).context("reading host config")?;
+        t.settings = self.settings.get(&0, 0).context("reading settings")?;
         Ok(t)
     }
 
@@ -135,6 +144,21 @@ impl BpfMaps {
             self.remote_subnets
                 .insert(&key, v, 0)
                 .context("writing remote subnet")?;
+        }
+        let d_g = diff(&desired.guards, &actual.guards);
+        for (k, v) in &d_g.upserts {
+            self.guards.insert(k, v, 0).context("writing guard")?;
+        }
+        for k in &d_g.removals {
+            self.guards.remove(k).context("removing guard")?;
+        }
+        ups += d_g.upserts.len();
+        rms += d_g.removals.len();
+        if desired.settings != actual.settings {
+            self.settings
+                .set(0, desired.settings, 0)
+                .context("writing settings")?;
+            ups += 1;
         }
         if desired.host_config != actual.host_config {
             self.host_config

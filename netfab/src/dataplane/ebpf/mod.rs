@@ -239,7 +239,7 @@ impl Dataplane for EbpfDataplane {
         let attached = self.attach_all(&wanted, &mut report)?;
         report.attached = attached.len();
         self.host
-            .apply(&self.netlink, state, &links, Vec::new(), &mut report)
+            .apply(&self.netlink, state, &links, Vec::new(), None, &mut report)
             .await?;
         // A container is served only once its veth runs the program.
         report.programmed_endpoints.retain(|ip| {

@@ -6,7 +6,10 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use netfab_common::{Endpoint, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, REMOTE_F_DIRECT};
+use netfab_common::{
+    DropReason, Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, Settings,
+    IPPROTO_TCP, IPPROTO_UDP, REMOTE_F_DIRECT, SETTINGS_F_LOG_DROPS,
+};
 
 use crate::{addr::MacAddr, state::DesiredState};
 
@@ -24,6 +27,9 @@ pub struct Tables {
     pub known_hosts: BTreeMap<Ipv4Addr, KnownHost>,
     pub networks: BTreeMap<u32, NetworkInfo>,
     pub host_config: HostConfig,
+    /// Stack-bound destinations containers may not reach, with the reason.
+    pub guards: BTreeMap<GuardKey, u32>,
+    pub settings: Settings,
 }
 
 /// Builds the tables. Endpoints whose veth is not (yet) in `links` are left
@@ -69,6 +75,31 @@ pub fn desired_tables(
     }
     for n in &state.networks {
         t.networks.insert(n.vni, NetworkInfo::default());
+    }
+    // Any host's tunnel port, whatever address of it: the stack would
+    // masquerade the datagram to this host's address, a known host.
+    t.guards.insert(
+        GuardKey {
+            daddr: 0,
+            dport: state.vxlan_port.to_be(),
+            proto: IPPROTO_UDP,
+            _pad: 0,
+        },
+        DropReason::TunnelPort as u32,
+    );
+    for e in &state.etcd_endpoints {
+        t.guards.insert(
+            GuardKey {
+                daddr: u32::from_ne_bytes(e.ip().octets()),
+                dport: e.port().to_be(),
+                proto: IPPROTO_TCP,
+                _pad: 0,
+            },
+            DropReason::ControlPlane as u32,
+        );
+    }
+    if state.log_drops {
+        t.settings.flags |= SETTINGS_F_LOG_DROPS;
     }
     if let Some(v) = vxlan {
         t.host_config = HostConfig {
@@ -122,6 +153,28 @@ mod tests {
         assert_eq!(t.known_hosts.len(), 1);
         assert_eq!(t.networks.keys().copied().collect::<Vec<_>>(), vec![5]);
         assert_eq!(t.host_config.vxlan_ifindex, 3);
+        let tunnel = GuardKey {
+            daddr: 0,
+            dport: 4789u16.to_be(),
+            proto: IPPROTO_UDP,
+            _pad: 0,
+        };
+        assert_eq!(t.guards.get(&tunnel), Some(&(DropReason::TunnelPort as u32)));
+    }
+
+    #[test]
+    fn etcd_endpoints_are_guarded_by_address_and_port() {
+        let mut s = state();
+        s.etcd_endpoints = vec!["100.64.0.254:2379".parse().unwrap()];
+        let (t, _) = desired_tables(&s, &HashMap::new(), None, 0);
+        let k = GuardKey {
+            daddr: u32::from_ne_bytes([100, 64, 0, 254]),
+            dport: 2379u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        };
+        assert_eq!(t.guards.get(&k), Some(&(DropReason::ControlPlane as u32)));
+        assert_eq!(t.guards.len(), 2);
     }
 
     #[test]
