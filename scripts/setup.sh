@@ -8,7 +8,8 @@ set -euo pipefail
 
 APT_PKGS=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev bpftool
           iproute2 iputils-ping iperf3 tcpdump etcd-server etcd-client iptables nftables
-          protobuf-compiler libprotobuf-dev librsvg2-bin ca-certificates pkg-config)
+          protobuf-compiler libprotobuf-dev librsvg2-bin ca-certificates pkg-config
+          python3-scapy)
 BPF_LINKER_VERSION=0.13.0
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -1,7 +1,8 @@
 //! Judges every network and lease of the cluster view on its own, so one bad
 //! entry is skipped and reported while the rest is served. Pure.
 //!
-//! Rules (older = lower create revision; older wins every conflict):
+//! Rules (older = lower create revision; a network is as old as the oldest
+//! key under it; older wins every conflict):
 //! - a network is refused when its VNI or CIDR collides with an older one,
 //!   or when its CIDR overlaps this host's underlay prefix or holds an etcd
 //!   endpoint (a route for it would cut the host off);
@@ -82,7 +83,13 @@ pub fn judge(snap: &Snapshot, keys: &Keys, ctx: &Context) -> Judged {
             .unwrap_or(i64::MAX)
     };
     let mut nets: Vec<&NetworkConfig> = snap.networks.values().collect();
-    nets.sort_by_key(|n| (created(&n.name, None), n.name.clone()));
+    let age = |n: &str| {
+        snap.network_age
+            .get(n)
+            .copied()
+            .unwrap_or_else(|| created(n, None))
+    };
+    nets.sort_by_key(|n| (age(&n.name), n.name.clone()));
     for n in nets {
         let clash = out.networks.values().find_map(|o| {
             if o.vni == n.vni {
@@ -212,6 +219,27 @@ mod tests {
         assert_eq!(reasons.len(), 2, "{reasons:?}");
         assert!(reasons[0].contains("networks/d/config") && reasons[0].contains("underlay"));
         assert!(reasons[1].contains("networks/a/config") && reasons[1].contains("VNI 1"));
+    }
+
+    #[test]
+    fn a_network_whose_config_was_rewritten_keeps_its_age() {
+        // `a`'s config was deleted and written again (revision 20), after
+        // `b` took its VNI (revision 10); its node record is from revision 2.
+        let j = judged(&[
+            (
+                "/netfab/networks/a/config",
+                cfg("a", "10.244.0.0/16", 1),
+                20,
+            ),
+            ("/netfab/networks/a/nodes/h1", "10.244.1.0/24".into(), 2),
+            (
+                "/netfab/networks/b/config",
+                cfg("b", "10.250.0.0/16", 1),
+                10,
+            ),
+        ]);
+        assert_eq!(j.networks.keys().collect::<Vec<_>>(), vec!["a"]);
+        assert!(j.rejected[0].key.contains("networks/b/config"));
     }
 
     #[test]

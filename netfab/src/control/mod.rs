@@ -87,7 +87,10 @@ pub struct ControlConfig {
 /// Local containers from the durable records: IPAM allocations whose host
 /// veth still exists, with the MAC of the host's permanent neighbour entry
 /// for the container (every backend installs one). Rewrites the file.
-async fn rebuild_endpoints(ipam_dir: &std::path::Path, file: &std::path::Path) -> Result<Vec<LocalEndpoint>> {
+async fn rebuild_endpoints(
+    ipam_dir: &std::path::Path,
+    file: &std::path::Path,
+) -> Result<Vec<LocalEndpoint>> {
     let allocs = crate::ipam::all(ipam_dir)?;
     let nl = crate::netlink::Netlink::connect()?;
     let links = nl.links().await?;

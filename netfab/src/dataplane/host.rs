@@ -125,7 +125,7 @@ impl HostPlumbing {
                 if state.masquerade { "on" } else { "off" }
             );
         }
-        iptables::apply(&rules)?;
+        iptables::apply(&rules, self.last_rules.as_deref() == Some(rules.as_str()))?;
         self.last_rules = Some(rules);
         Ok(())
     }

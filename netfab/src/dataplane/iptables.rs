@@ -82,7 +82,9 @@ pub fn ruleset(r: &RuleInput) -> String {
     // host's tunnel port: not this host's (INPUT, any local address), not
     // another's (FORWARD, masqueraded to a known host's address otherwise).
     for c in &r.cluster {
-        s += &format!("-A NETFAB-GUARD -s {c} -p udp --dport {port} -m addrtype --dst-type LOCAL -j DROP\n");
+        s += &format!(
+            "-A NETFAB-GUARD -s {c} -p udp --dport {port} -m addrtype --dst-type LOCAL -j DROP\n"
+        );
     }
     for c in &r.cluster {
         for d in &r.cluster {
@@ -140,8 +142,51 @@ const JUMPS: [(&str, &str, &str); 5] = [
     ("raw", "PREROUTING", "NETFAB-SOURCE"),
 ];
 
-/// Loads the chains and makes sure the built-in chains jump to them.
-pub fn apply(rules: &str) -> Result<()> {
+/// How many rules each of our chains holds in an iptables-restore input or
+/// an iptables-save output, and how many jumps to it exist. Formatting
+/// differs between the two (`-m udp` is added, addresses normalised), the
+/// counts do not.
+fn shape(text: &str) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for (_, chain, target) in JUMPS {
+        let rules = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {target} ")))
+            .count();
+        let jumps = text
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("-A {chain} ")) && l.ends_with(&format!("-j {target}"))
+            })
+            .count();
+        out.push((format!("{chain}->{target}"), jumps.min(1)));
+        out.push((target.to_string(), rules));
+    }
+    out.dedup();
+    out
+}
+
+/// Whether the kernel's tables already hold exactly `rules` (by shape) and
+/// every jump: one iptables-save instead of a restore and five checks.
+fn in_place(rules: &str) -> bool {
+    let Ok(out) = Command::new("iptables-save").stderr(Stdio::null()).output() else {
+        return false;
+    };
+    let have = String::from_utf8_lossy(&out.stdout);
+    let mut want = rules.to_string();
+    for (_, chain, target) in JUMPS {
+        want += &format!("-A {chain} -j {target}\n");
+    }
+    out.status.success() && shape(&have) == shape(&want)
+}
+
+/// Loads the chains and makes sure the built-in chains jump to them. With
+/// `unchanged` (the same rules as last time) it only checks that nobody
+/// flushed or removed them, and reloads if someone did.
+pub fn apply(rules: &str, unchanged: bool) -> Result<()> {
+    if unchanged && in_place(rules) {
+        return Ok(());
+    }
     let mut child = Command::new("iptables-restore")
         .arg("--noflush")
         .stdin(Stdio::piped())
@@ -221,7 +266,8 @@ mod tests {
     #[test]
     fn containers_never_reach_etcd_or_a_tunnel_port_and_cannot_spoof() {
         let r = ruleset(&input());
-        let etcd = "-A NETFAB-GUARD -s 10.244.0.0/16 -d 100.64.0.254/32 -p tcp --dport 2379 -j DROP\n";
+        let etcd =
+            "-A NETFAB-GUARD -s 10.244.0.0/16 -d 100.64.0.254/32 -p tcp --dport 2379 -j DROP\n";
         let local = "-A NETFAB-GUARD -s 10.244.0.0/16 -p udp --dport 4789 -m addrtype --dst-type LOCAL -j DROP\n";
         let ret = "-A NETFAB-GUARD -s 10.244.0.0/16 -d 10.244.0.0/16 -j RETURN\n";
         let fwd = "-A NETFAB-GUARD -s 10.244.0.0/16 -p udp --dport 4789 -j DROP\n";
@@ -233,7 +279,36 @@ mod tests {
         assert!(r.find(local).unwrap() < r.find(ret).unwrap());
         assert!(r.find(etcd).unwrap() < r.find(ret).unwrap());
         assert!(r.contains("-A NETFAB-SOURCE -i nfabc ! -s 10.244.3.2/32 -j DROP\n"));
-        assert!(!r.contains("--dst-type LOCAL -j RETURN"), "eBPF filters known hosts itself");
+        assert!(
+            !r.contains("--dst-type LOCAL -j RETURN"),
+            "eBPF filters known hosts itself"
+        );
+    }
+
+    #[test]
+    fn a_saved_table_matches_its_restore_input_by_shape() {
+        let rules = ruleset(&input());
+        let mut saved = String::from("*filter\n-A FORWARD -j NETFAB-GUARD\n-A FORWARD -j NETFAB-ISOLATE\n-A INPUT -j NETFAB-GUARD\n");
+        saved += "-A POSTROUTING -j NETFAB-MASQ\n-A PREROUTING -j NETFAB-SOURCE\n";
+        // iptables-save spells rules its own way; only the counts matter.
+        for l in rules.lines().filter(|l| l.starts_with("-A ")) {
+            saved += &l.replace("-p udp", "-p udp -m udp");
+            saved.push('\n');
+        }
+        let mut want = rules.clone();
+        for (_, chain, target) in JUMPS {
+            want += &format!("-A {chain} -j {target}\n");
+        }
+        assert_eq!(shape(&saved), shape(&want));
+        // A flushed chain or a lost jump shows.
+        let flushed: String = saved
+            .lines()
+            .filter(|l| !l.starts_with("-A NETFAB-SOURCE"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(shape(&flushed), shape(&want));
+        let unjumped = saved.replace("-A INPUT -j NETFAB-GUARD\n", "");
+        assert_ne!(shape(&unjumped), shape(&want));
     }
 
     #[test]

@@ -106,3 +106,26 @@ pub fn add(topo: &Topology, h: u32, c: u32) -> Result<Ipv4Addr> {
     ip.parse()
         .with_context(|| format!("bad address {addr} in the ADD result"))
 }
+
+/// CNI DEL for container `c` of host `h`.
+pub fn del(topo: &Topology, h: u32, c: u32) -> Result<()> {
+    let ns = topo.container_ns(h, c);
+    let netns = format!("/run/netns/{ns}");
+    let network = topo.network_name(topo.container_network(c));
+    let env = [
+        ("CNI_COMMAND", "DEL"),
+        ("CNI_CONTAINERID", ns.as_str()),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    let (ok, v) = invoke(
+        topo,
+        h,
+        &env,
+        conf(topo, h, &network).to_string().as_bytes(),
+    )?;
+    if !ok {
+        bail!("CNI DEL for {ns} failed: {v}");
+    }
+    Ok(())
+}

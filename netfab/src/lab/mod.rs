@@ -287,6 +287,15 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
 }
 
 /// Stops host `h`'s agent (the PID this lab recorded, nothing else).
+/// The PID of host `h`'s running agent, if any.
+pub fn agent_pid(name: &str, h: u32) -> Option<i32> {
+    std::fs::read_to_string(procs::pid_file(name, &procs::agent_name(h)))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub fn stop_agent(name: &str, h: u32, hard: bool) -> Result<()> {
     procs::stop(name, &procs::agent_name(h), hard)?;
     // A new agent's first status must not be mistaken for this one's.

@@ -97,7 +97,10 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
         .arg(super::host_dir(&topo.name, h).join("status.json"))
         .arg("--pin-dir")
         .arg(topo.pin_dir(h))
-        .args(["--resync-secs", "5"]);
+        .args([
+            "--resync-secs",
+            &format!("{:.3}", f64::from(topo.resync_ms) / 1000.0),
+        ]);
     match topo.control {
         Control::Static => {
             cmd.arg("--state-file").arg(dir.join(format!("h{h}.json")));

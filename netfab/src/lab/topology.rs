@@ -40,6 +40,9 @@ pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 254);
 /// the lab's namespaces).
 pub const WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
+fn default_resync() -> u32 {
+    5000
+}
 fn default_grace() -> u32 {
     3600
 }
@@ -80,6 +83,9 @@ pub struct Topology {
     pub networks: u32,
     pub control: Control,
     pub lease_ttl: u32,
+    /// Agents' --resync-secs, in milliseconds.
+    #[serde(default = "default_resync")]
+    pub resync_ms: u32,
     /// Agents' --lease-grace-secs.
     #[serde(default = "default_grace")]
     pub lease_grace: u32,
@@ -148,6 +154,7 @@ impl Topology {
             control,
             lease_ttl: 10,
             lease_grace: default_grace(),
+            resync_ms: default_resync(),
             etcd_tls: true,
             segments: 1,
             dataplane: Choice::Auto,

@@ -33,6 +33,11 @@ pub struct Snapshot {
     /// Networks whose config is gone from the store but which still have
     /// leases: served with their last good config.
     pub orphaned: BTreeSet<String>,
+    /// Per network, the oldest create revision of any key under it: its
+    /// age, which decides conflicts between networks. A config deleted and
+    /// written again does not make its network young (its node records
+    /// and leases are still old), and nobody can forge an old revision.
+    pub network_age: BTreeMap<String, i64>,
 }
 
 /// A key whose value could not be used, with the reason.
@@ -72,6 +77,12 @@ impl Snapshot {
             }
         }
         if let Some(p) = prev {
+            for (net, age) in &p.network_age {
+                if s.network_age.contains_key(net) {
+                    let a = s.network_age.entry(net.clone()).or_insert(*age);
+                    *a = (*a).min(*age);
+                }
+            }
             for (net, cfg) in &p.networks {
                 if !s.networks.contains_key(net) && s.has_leases(net) {
                     s.networks.insert(net.clone(), cfg.clone());
@@ -141,6 +152,11 @@ impl Snapshot {
                 ""
             }
         };
+        let net_name = match &kind {
+            KeyKind::Config { net } | KeyKind::Lease { net, .. } | KeyKind::Node { net, .. } => net,
+        };
+        let age = self.network_age.entry(net_name.clone()).or_insert(created);
+        *age = (*age).min(created);
         match kind {
             KeyKind::Config { net } => {
                 let old = self.networks.get(&net);
@@ -220,6 +236,7 @@ impl Snapshot {
                     });
                 }
                 self.networks.remove(&net);
+                self.network_age.remove(&net);
                 self.created.remove(&(net, None));
             }
             KeyKind::Lease { net, subnet } => {

@@ -159,7 +159,10 @@ mod tests {
             proto: IPPROTO_UDP,
             _pad: 0,
         };
-        assert_eq!(t.guards.get(&tunnel), Some(&(DropReason::TunnelPort as u32)));
+        assert_eq!(
+            t.guards.get(&tunnel),
+            Some(&(DropReason::TunnelPort as u32))
+        );
     }
 
     #[test]

@@ -1,0 +1,112 @@
+"""A hostile tenant, run inside a lab namespace with Debian's scapy
+(/usr/bin/python3). Every frame it sends carries MARKER, so victims can count
+what reached them, whatever the headers say.
+
+  attack.py listen SECS              count MARKER frames on eth0 for SECS s
+  attack.py vxlan PORT VNIS DSTS INNER_SRCS INNER_DSTS
+                                     UDP to DSTS:PORT carrying VXLAN frames
+  attack.py spoof PAIRS              raw IPv4 with forged sources (src>dst,...)
+  attack.py tcp HOST PORT TLS        try to connect (and handshake); prints
+                                     "connected" or "refused: why"
+Lists are comma separated. Prints one result line.
+"""
+import logging
+import socket
+import ssl
+import sys
+import time
+
+logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
+
+MARKER = b"NETFAB-HOSTILE-PROBE"
+
+
+def listen(secs):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    s.bind(("eth0", 0))
+    s.settimeout(0.2)
+    seen = 0
+    end = time.time() + secs
+    while time.time() < end:
+        try:
+            frame = s.recv(65535)
+        except socket.timeout:
+            continue
+        if MARKER in frame:
+            seen += 1
+    print(f"seen {seen}", flush=True)
+
+
+def vxlan(port, vnis, dsts, inner_srcs, inner_dsts):
+    from scapy.all import ICMP, IP, Ether, Raw
+    from scapy.layers.vxlan import VXLAN
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = 0
+    for dst in dsts:
+        for vni in vnis:
+            for isrc in inner_srcs:
+                for idst in inner_dsts:
+                    frame = (
+                        VXLAN(vni=vni, flags=0x08)
+                        / Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff")
+                        / IP(src=isrc, dst=idst)
+                        / ICMP()
+                        / Raw(MARKER)
+                    )
+                    try:
+                        s.sendto(bytes(frame), (dst, port))
+                        sent += 1
+                    except OSError:
+                        pass
+    print(f"sent {sent}", flush=True)
+
+
+def spoof(pairs):
+    from scapy.all import ICMP, IP, Raw, conf, send
+
+    conf.verb = 0
+    for p in pairs:
+        src, dst = p.split(">")
+        send(IP(src=src, dst=dst) / ICMP() / Raw(MARKER), count=3)
+    print(f"sent {3 * len(pairs)}", flush=True)
+
+
+def tcp(host, port, use_tls):
+    try:
+        raw = socket.create_connection((host, port), timeout=2)
+    except OSError as e:
+        print(f"refused: {e}", flush=True)
+        return
+    if use_tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            ctx.wrap_socket(raw).close()
+        except OSError as e:
+            print(f"refused: handshake {e}", flush=True)
+            return
+    else:
+        raw.sendall(b"GET /version HTTP/1.0\r\n\r\n")
+    print("connected", flush=True)
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    split = lambda a: [x for x in a.split(",") if x]
+    if cmd == "listen":
+        listen(float(args[0]))
+    elif cmd == "vxlan":
+        vxlan(int(args[0]), [int(v) for v in split(args[1])], split(args[2]),
+              split(args[3]), split(args[4]))
+    elif cmd == "spoof":
+        spoof(split(args[0]))
+    elif cmd == "tcp":
+        tcp(args[0], int(args[1]), args[2] == "tls")
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
