@@ -5,6 +5,9 @@ what reached them, whatever the headers say.
   attack.py listen SECS              count MARKER frames on eth0 for SECS s
   attack.py vxlan PORT VNIS DSTS INNER_SRCS INNER_DSTS
                                      UDP to DSTS:PORT carrying VXLAN frames
+                                     (inner destination MAC: the VTEP MAC the
+                                     fabric derives from DST, 0e:6e:a:b:c:d)
+  attack.py l2 IFACE DSTMAC PAIRS    Ethernet frames with raw IPv4 (src>dst,...)
   attack.py spoof PAIRS              raw IPv4 with forged sources (src>dst,...)
   attack.py tcp HOST PORT TLS        try to connect (and handshake); prints
                                      "connected" or "refused: why"
@@ -25,6 +28,7 @@ def listen(secs):
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
     s.bind(("eth0", 0))
     s.settimeout(0.2)
+    print("ready", flush=True)
     seen = 0
     end = time.time() + secs
     while time.time() < end:
@@ -47,9 +51,10 @@ def vxlan(port, vnis, dsts, inner_srcs, inner_dsts):
         for vni in vnis:
             for isrc in inner_srcs:
                 for idst in inner_dsts:
+                    vtep = "0e:6e:" + ":".join(f"{int(o):02x}" for o in dst.split("."))
                     frame = (
                         VXLAN(vni=vni, flags=0x08)
-                        / Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff")
+                        / Ether(src="02:00:00:00:00:01", dst=vtep)
                         / IP(src=isrc, dst=idst)
                         / ICMP()
                         / Raw(MARKER)
@@ -69,6 +74,17 @@ def spoof(pairs):
     for p in pairs:
         src, dst = p.split(">")
         send(IP(src=src, dst=dst) / ICMP() / Raw(MARKER), count=3)
+    print(f"sent {3 * len(pairs)}", flush=True)
+
+
+def l2(iface, dstmac, pairs):
+    from scapy.all import ICMP, IP, Ether, Raw, conf, sendp
+
+    conf.verb = 0
+    for p in pairs:
+        src, dst = p.split(">")
+        sendp(Ether(dst=dstmac) / IP(src=src, dst=dst) / ICMP() / Raw(MARKER),
+              iface=iface, count=3)
     print(f"sent {3 * len(pairs)}", flush=True)
 
 
@@ -100,6 +116,8 @@ def main():
     elif cmd == "vxlan":
         vxlan(int(args[0]), [int(v) for v in split(args[1])], split(args[2]),
               split(args[3]), split(args[4]))
+    elif cmd == "l2":
+        l2(args[0], args[1], split(args[2]))
     elif cmd == "spoof":
         spoof(split(args[0]))
     elif cmd == "tcp":
