@@ -4,8 +4,8 @@ use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
     bindings::bpf_tunnel_key,
-    maps::lpm_trie::Key,
     helpers::{bpf_redirect, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
+    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use netfab_common::{Direction, DropReason, RemoteSubnet};

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use netfab_common::{
-    Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, Settings,
-    TrafficCounter, MAX_ENDPOINTS, MAX_GUARDS, MAX_HOSTS, MAX_NETWORKS, MAX_REMOTE_SUBNETS,
+    Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, Settings, TrafficCounter,
+    MAX_ENDPOINTS, MAX_GUARDS, MAX_HOSTS, MAX_NETWORKS, MAX_REMOTE_SUBNETS,
 };
 
 /// Local containers by IPv4 (network order).
