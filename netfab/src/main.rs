@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the host agent: keep the dataplane equal to the desired state.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Cluster networks stored in etcd.
     Network {
         #[command(subcommand)]
@@ -64,7 +64,7 @@ enum Cmd {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().cmd {
-        Cmd::Agent(a) => commands::agent::run(a),
+        Cmd::Agent(a) => commands::agent::run(*a),
         Cmd::Network { cmd, etcd, netns } => commands::network::run(cmd, etcd, netns),
         Cmd::Status { status_file, json } => commands::agent::show_status(status_file, json),
         Cmd::Ipam { cmd, netns } => commands::ipam::run(cmd, netns),
