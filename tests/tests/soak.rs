@@ -134,10 +134,20 @@ fn running_out_of_file_descriptors_keeps_every_pin_and_traffic() {
         assert_eq!(link_pins(t, 1), pins, "a pin was removed under EMFILE");
         std::thread::sleep(Duration::from_millis(50));
     }
-    set_nofile(pid, 1024);
-    // Recovered: a new container is programmed and answers at once.
+    // ADD cannot succeed while the agent cannot program: "try again
+    // later" (11), and nothing is left behind.
     let ns = t.container_ns(1, 2);
     sh::ip(&["netns", "add", &ns]).unwrap();
+    let err = format!(
+        "{:#}",
+        cni::add(t, 1, 2).expect_err("ADD while the agent has no fds")
+    );
+    assert!(err.contains("\"code\":11"), "{err}");
+    let ipam = lab::host_dir(&t.name, 1).join("ipam/default");
+    let allocated = std::fs::read_dir(&ipam).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(allocated, 1, "only container 1's address stays allocated");
+    set_nofile(pid, 1024);
+    // Recovered: a new container is programmed and answers at once.
     let ip = cni::add(t, 1, 2).expect("ADD after recovery");
     let st = netfab::lab::demo::ping(&t.container_ns(2, 1), &ip.to_string(), 3, "0.05").unwrap();
     assert_eq!(st.received, 3, "new container reachable after EMFILE");

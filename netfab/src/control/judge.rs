@@ -38,16 +38,6 @@ pub struct Judged {
     pub rejected: Vec<BadEntry>,
 }
 
-impl Judged {
-    pub fn lease_of(&self, net: &str, node: &str) -> Option<Ipv4Net> {
-        self.leases
-            .get(net)?
-            .iter()
-            .find(|(_, l)| l.node == node)
-            .map(|(s, _)| *s)
-    }
-}
-
 fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
     a.contains(b) || b.contains(a)
 }

@@ -203,8 +203,9 @@ pub struct Controller<'a, D: Dataplane> {
     written: Option<LeaseFile>,
     /// Whether the etcd session is up, for `netfab status` and CNI STATUS.
     connected: bool,
-    /// Each peer lease, and when it was last seen live (for the grace).
-    seen: BTreeMap<(String, Ipv4Net), (SubnetLease, Instant)>,
+    /// Each peer lease seen live, and since when it has been gone (the
+    /// grace runs from there).
+    seen: BTreeMap<(String, Ipv4Net), (SubnetLease, Option<Instant>)>,
     applies: u64,
 }
 
@@ -603,6 +604,7 @@ impl<'a, D: Dataplane> Controller<'a, D> {
     /// what the grace has run out for. `view` is what is live now.
     fn retained(&mut self, view: &Judged) -> Vec<RetainedLease> {
         let now = Instant::now();
+        let live = |n: &String, s: &Ipv4Net| view.leases.get(n).is_some_and(|m| m.contains_key(s));
         for (net, m) in &view.leases {
             for (sn, l) in m {
                 if l.node == self.me.node {
@@ -612,14 +614,20 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                 self.seen.retain(|(n, s), _| {
                     !(n == net && s != sn && (s.contains(sn) || sn.contains(s)))
                 });
-                self.seen.insert((net.clone(), *sn), (l.clone(), now));
+                self.seen.insert((net.clone(), *sn), (l.clone(), None));
+            }
+        }
+        for ((n, s), (_, gone)) in self.seen.iter_mut() {
+            if gone.is_none() && !live(n, s) {
+                *gone = Some(now);
             }
         }
         let grace = self.cfg.lease_grace;
-        self.seen.retain(|_, (_, t)| now.duration_since(*t) < grace);
+        self.seen
+            .retain(|_, (_, gone)| gone.is_none_or(|t| now.duration_since(t) < grace));
         self.seen
             .iter()
-            .filter(|((n, s), _)| !view.leases.get(n).is_some_and(|m| m.contains_key(s)))
+            .filter(|(_, (_, gone))| gone.is_some())
             .map(|((n, s), (l, _))| RetainedLease {
                 network: n.clone(),
                 subnet: *s,
@@ -728,7 +736,8 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                         let age = self
                             .seen
                             .get(&(r.network.clone(), r.subnet))
-                            .map_or(0, |(_, t)| t.elapsed().as_secs());
+                            .and_then(|(_, gone)| *gone)
+                            .map_or(0, |t| t.elapsed().as_secs());
                         (r.subnet, r.lease.node.clone(), age)
                     })
                     .collect(),

@@ -79,13 +79,13 @@ pub fn invoke(
     Ok((out.status.success(), v))
 }
 
-/// CNI ADD for container `c` of host `h` (its namespace must exist).
-pub fn add(topo: &Topology, h: u32, c: u32) -> Result<Ipv4Addr> {
+/// Runs `verb` for container `c` of host `h` as a runtime would.
+fn verb(topo: &Topology, h: u32, c: u32, verb: &str) -> Result<Value> {
     let ns = topo.container_ns(h, c);
     let netns = format!("/run/netns/{ns}");
     let network = topo.network_name(topo.container_network(c));
     let env = [
-        ("CNI_COMMAND", "ADD"),
+        ("CNI_COMMAND", verb),
         ("CNI_CONTAINERID", ns.as_str()),
         ("CNI_NETNS", netns.as_str()),
         ("CNI_IFNAME", "eth0"),
@@ -97,8 +97,14 @@ pub fn add(topo: &Topology, h: u32, c: u32) -> Result<Ipv4Addr> {
         conf(topo, h, &network).to_string().as_bytes(),
     )?;
     if !ok {
-        bail!("CNI ADD for {ns} failed: {v}");
+        bail!("CNI {verb} for {ns} failed: {v}");
     }
+    Ok(v)
+}
+
+/// CNI ADD for container `c` of host `h` (its namespace must exist).
+pub fn add(topo: &Topology, h: u32, c: u32) -> Result<Ipv4Addr> {
+    let v = verb(topo, h, c, "ADD")?;
     let addr = v["ips"][0]["address"]
         .as_str()
         .context("ADD result has no address")?;
@@ -109,23 +115,5 @@ pub fn add(topo: &Topology, h: u32, c: u32) -> Result<Ipv4Addr> {
 
 /// CNI DEL for container `c` of host `h`.
 pub fn del(topo: &Topology, h: u32, c: u32) -> Result<()> {
-    let ns = topo.container_ns(h, c);
-    let netns = format!("/run/netns/{ns}");
-    let network = topo.network_name(topo.container_network(c));
-    let env = [
-        ("CNI_COMMAND", "DEL"),
-        ("CNI_CONTAINERID", ns.as_str()),
-        ("CNI_NETNS", netns.as_str()),
-        ("CNI_IFNAME", "eth0"),
-    ];
-    let (ok, v) = invoke(
-        topo,
-        h,
-        &env,
-        conf(topo, h, &network).to_string().as_bytes(),
-    )?;
-    if !ok {
-        bail!("CNI DEL for {ns} failed: {v}");
-    }
-    Ok(())
+    verb(topo, h, c, "DEL").map(|_| ())
 }

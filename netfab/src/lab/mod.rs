@@ -342,7 +342,8 @@ pub fn wait_host_programmed(topo: &Topology, h: u32, timeout: Duration) -> Resul
                     })
                     .unwrap_or(false)
                     && std::fs::read_dir(topo.pin_dir(h).join("links"))
-                        .map(|d| d.count() == topo.containers as usize + 1)
+                        // Container veths, the VXLAN device, the underlay.
+                        .map(|d| d.count() == topo.containers as usize + 2)
                         .unwrap_or(false)
             }
         };
