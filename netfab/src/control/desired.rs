@@ -235,4 +235,38 @@ mod tests {
         assert_eq!(s.endpoints.len(), 1);
         assert_eq!(w.len(), 4, "{w:?}");
     }
+
+    #[test]
+    fn an_expired_peer_stays_routed_until_its_subnet_is_leased_again() {
+        let held = BTreeMap::from([("a".to_string(), "10.244.1.0/24".parse().unwrap())]);
+        let gone = |sn: &str| RetainedLease {
+            network: "a".into(),
+            subnet: sn.parse().unwrap(),
+            lease: SubnetLease {
+                node: "h9".into(),
+                underlay_ip: "100.64.0.9".parse().unwrap(),
+                vtep_mac: Default::default(),
+                dataplane: "ebpf".into(),
+                agent_version: "t".into(),
+            },
+        };
+        // 10.244.9.0/24 is free: still routed to its last holder.
+        // 10.244.2.0/24 is leased by h2 now: the new owner wins.
+        let retained = [gone("10.244.9.0/24"), gone("10.244.2.0/24")];
+        let (s, _) = desired_state(&snap(), &retained, &held, &[], "eth0", None, "h1");
+        s.validate().unwrap();
+        let routed: Vec<(String, String)> = s
+            .remotes
+            .iter()
+            .filter(|r| r.vni == 1)
+            .map(|r| (r.subnet.to_string(), r.underlay_ip.to_string()))
+            .collect();
+        assert_eq!(
+            routed,
+            vec![
+                ("10.244.2.0/24".into(), "100.64.0.2".into()),
+                ("10.244.9.0/24".into(), "100.64.0.9".into())
+            ]
+        );
+    }
 }
