@@ -62,6 +62,17 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where the workspace's binaries go: `CARGO_TARGET_DIR` if set (relative
+/// to the workspace root when relative), else `<root>/target`. The eBPF
+/// object must land next to the binaries wherever they are built, or the
+/// agent finds none and falls back to kernel VXLAN.
+fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => root().join(d),
+        None => root().join("target"),
+    }
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("[xtask] {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
@@ -131,7 +142,7 @@ fn build_ebpf() -> Result<PathBuf> {
     }
     let mut placed = None;
     for profile in ["debug", "release"] {
-        let dir = root().join("target").join(profile);
+        let dir = target_dir().join(profile);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let dest = dir.join(OBJECT_NAME);
         std::fs::copy(&built, &dest).with_context(|| format!("copying to {}", dest.display()))?;
