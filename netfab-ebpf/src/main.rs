@@ -1,14 +1,19 @@
-//! netfab's kernel datapath: two TC programs that route container traffic
-//! between hosts.
+//! netfab's kernel datapath: three TC programs that route container traffic
+//! between hosts. This file holds only the entry points; each program's
+//! logic is in `programs/` (one module per attach point) and the helpers they
+//! share in `helpers/`, which never import a program.
 //!
 //! - `from_container` (TC ingress of each container's host-side veth): checks
 //!   the source address, then delivers to a local container with
 //!   `bpf_redirect_peer`, or sets a VXLAN tunnel key and redirects to this host's
-//!   collect-metadata VXLAN device, or hands the packet to the host stack.
+//!   collect-metadata VXLAN device, or hands the packet to the host stack
+//!   (except what aims at a tunnel port or etcd: dropped).
 //! - `from_overlay` (TC ingress of the VXLAN device): accepts frames only from
-//!   known hosts on served VNIs and delivers them into the container.
-//! - `from_underlay` (TC ingress of the underlay interface, direct routing):
-//!   delivers unencapsulated packets from peers on the same L2 segment.
+//!   known hosts on served VNIs, with inner sources that host holds, and
+//!   delivers them into the container.
+//! - `from_underlay` (TC ingress of the underlay interface): delivers
+//!   unencapsulated packets from direct peers' subnets, drops plain IP for
+//!   containers from anyone else.
 //!
 //! Design note: encapsulation is done by the kernel's VXLAN device in
 //! collect-metadata mode, not by building headers here, because that path keeps
@@ -17,50 +22,30 @@
 #![no_std]
 #![no_main]
 
-mod counters;
-mod deliver;
-mod direct;
-mod encap;
-mod guard;
-mod maps;
-mod packet;
+mod helpers;
+mod programs;
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use netfab_common::{Direction, DropReason};
-
-use counters::{count, Verdict};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    match deliver::try_from_container(&ctx) {
+    match programs::from_container::try_from_container(&ctx) {
         Ok(v) | Err(v) => v.finish(&ctx),
     }
 }
 
 #[classifier]
 pub fn from_underlay(ctx: TcContext) -> i32 {
-    match direct::try_from_underlay(&ctx) {
+    match programs::from_underlay::try_from_underlay(&ctx) {
         Ok(v) | Err(v) => v.finish(&ctx),
     }
 }
 
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
-    match encap::try_from_overlay(&ctx) {
+    match programs::from_overlay::try_from_overlay(&ctx) {
         Ok(v) | Err(v) => v.finish(&ctx),
     }
-}
-
-/// Hand to the host stack, counted.
-#[inline(always)]
-pub(crate) fn to_stack(ctx: &TcContext) -> Verdict {
-    count(Direction::ToStack, ctx.len());
-    Verdict::Action(TC_ACT_OK as i32)
-}
-
-#[inline(always)]
-pub(crate) fn drop_with(reason: DropReason) -> Verdict {
-    Verdict::Drop(reason)
 }
 
 #[cfg(not(test))]

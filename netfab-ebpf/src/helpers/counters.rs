@@ -1,9 +1,12 @@
 //! Per-CPU traffic and drop counters, and the verdict type every path returns.
-use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
 use aya_log_ebpf::debug;
 use netfab_common::{Direction, DropReason, SETTINGS_F_LOG_DROPS};
 
-use crate::maps::{DROPS, SETTINGS, TRAFFIC};
+use super::maps::{DROPS, SETTINGS, TRAFFIC};
 
 /// What a program decided. Drops carry their reason so they are always counted.
 pub enum Verdict {
@@ -50,4 +53,16 @@ fn count_drop(reason: DropReason) {
         // SAFETY: as in `count`.
         unsafe { *c += 1 };
     }
+}
+
+/// Hand to the host stack, counted.
+#[inline(always)]
+pub fn to_stack(ctx: &TcContext) -> Verdict {
+    count(Direction::ToStack, ctx.len());
+    Verdict::Action(TC_ACT_OK as i32)
+}
+
+#[inline(always)]
+pub fn drop_with(reason: DropReason) -> Verdict {
+    Verdict::Drop(reason)
 }

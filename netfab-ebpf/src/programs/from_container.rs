@@ -1,15 +1,15 @@
-//! The container side: traffic entering the fabric from a container veth.
-use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, maps::lpm_trie::Key, programs::TcContext,
-};
-use netfab_common::{Direction, DropReason, Endpoint, REMOTE_F_DIRECT};
+//! `from_container` (TC ingress of each container's host-side veth): traffic
+//! entering the fabric from a container.
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use netfab_common::{Direction, DropReason, REMOTE_F_DIRECT};
 
-use crate::{
-    counters::{count, Verdict},
-    direct, drop_with, encap, guard,
-    maps::{ENDPOINTS, REMOTE_SUBNETS},
-    packet::{parse, Ipv4Frame, Parsed},
-    to_stack,
+use crate::helpers::{
+    counters::{drop_with, to_stack, Verdict},
+    direct, encap,
+    endpoint::{deliver_local, lookup_endpoint},
+    guard,
+    maps::REMOTE_SUBNETS,
+    packet::{parse, Parsed},
 };
 
 pub fn try_from_container(ctx: &TcContext) -> Result<Verdict, Verdict> {
@@ -50,33 +50,4 @@ pub fn try_from_container(ctx: &TcContext) -> Result<Verdict, Verdict> {
     // unless it is aimed at the fabric's own plumbing.
     guard::check(ctx, &frame)?;
     Ok(to_stack(ctx))
-}
-
-#[inline(always)]
-pub fn lookup_endpoint(ip: u32) -> Option<Endpoint> {
-    // SAFETY: the value is copied out at once; user space replaces entries
-    // whole, so the worst case is reading the previous or the next version.
-    unsafe { ENDPOINTS.get(&ip).copied() }
-}
-
-/// Delivers straight into the container's namespace, skipping the host-side
-/// veth's transmit path (`bpf_redirect_peer`).
-#[inline(always)]
-pub fn deliver_local(
-    ctx: &TcContext,
-    frame: &Ipv4Frame,
-    dst: &Endpoint,
-    dir: Direction,
-) -> Result<Verdict, Verdict> {
-    if dir == Direction::LocalDelivery {
-        frame.decrement_ttl()?;
-    }
-    frame.set_macs(&dst.gw_mac, &dst.mac);
-    // SAFETY: plain helper call with scalar arguments.
-    let rc = unsafe { bpf_redirect_peer(dst.ifindex, 0) };
-    if rc != TC_ACT_REDIRECT as i64 {
-        return Err(drop_with(DropReason::HelperFailed));
-    }
-    count(dir, ctx.len());
-    Ok(Verdict::Action(TC_ACT_REDIRECT as i32))
 }

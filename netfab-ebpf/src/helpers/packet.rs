@@ -2,7 +2,7 @@
 use aya_ebpf::programs::TcContext;
 use netfab_common::DropReason;
 
-use crate::counters::Verdict;
+use super::counters::Verdict;
 
 pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;

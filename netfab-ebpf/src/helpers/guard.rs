@@ -7,7 +7,11 @@
 use aya_ebpf::programs::TcContext;
 use netfab_common::{DropReason, GuardKey};
 
-use crate::{counters::Verdict, drop_with, maps::GUARDS, packet::Ipv4Frame};
+use super::{
+    counters::{drop_with, Verdict},
+    maps::GUARDS,
+    packet::Ipv4Frame,
+};
 
 #[inline(always)]
 fn reason(v: u32) -> DropReason {
