@@ -1,33 +1,12 @@
 //! Cluster networks: what `netfab network create` stores in etcd, and the
 //! checks that run before anything is written.
-use std::fmt;
-
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::state::{DEFAULT_VXLAN_PORT, VNI_MAX};
 
 /// Which dataplane a network prefers; `auto` lets each host decide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataplanePref {
-    #[default]
-    Auto,
-    Ebpf,
-    Vxlan,
-    HostGw,
-}
-
-impl fmt::Display for DataplanePref {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DataplanePref::Auto => "auto",
-            DataplanePref::Ebpf => "ebpf",
-            DataplanePref::Vxlan => "vxlan",
-            DataplanePref::HostGw => "host-gw",
-        })
-    }
-}
+pub use crate::dataplane::kind::Choice as DataplanePref;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,7 +12,7 @@ use netfab::{
         select::{self, Choice},
         Dataplane,
     },
-    netlink::{Netlink, VXLAN_OVERHEAD},
+    netlink::Netlink,
     netns, stats,
 };
 
@@ -114,12 +114,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
             select::select(a.dataplane, object::locate(a.bpf_object.as_deref()), &pins).await?;
         let mut dp = sel.dataplane;
         // Without VXLAN (host-gw) a container can use the whole underlay MTU.
-        let overhead = if dp.name() == "host-gw" {
-            0
-        } else {
-            VXLAN_OVERHEAD
-        };
-        let container_mtu = underlay.mtu.saturating_sub(overhead);
+        let container_mtu = underlay.mtu.saturating_sub(dp.kind().encap_overhead());
         info!(
             "node {node}: dataplane {}, underlay {underlay_net}, container MTU {container_mtu}",
             dp.name()

@@ -90,39 +90,30 @@ pub fn build(i: StatusInput<'_>, applied_at: u64) -> Status {
     for (sn, node, _) in &i.retained {
         owners.entry(*sn).or_insert_with(|| node.clone());
     }
-    let seg = i.underlay.map(|u| u.trunc());
     let networks = i
         .state
         .networks
         .iter()
         .map(|n| {
-            let direct_on = i.snap.networks.get(&n.name).is_none_or(|c| c.direct_routing);
             let peers = i
-                .state
-                .remotes
+                .report
+                .paths
                 .iter()
-                .filter(|r| r.vni == n.vni)
-                .map(|r| {
-                    let same_l2 = seg.is_some_and(|s| s.contains(&r.underlay_ip));
-                    let seg_s = seg.map(|s| s.to_string()).unwrap_or_else(|| "?".into());
-                    let (path, reason) = match i.dataplane {
-                        "host-gw" if same_l2 => ("host-gw", format!("static route via {} on the same L2 segment {seg_s}", r.underlay_ip)),
-                        "host-gw" => ("refused", format!("{} is not on this host's L2 segment {seg_s}; host-gw cannot reach it", r.underlay_ip)),
-                        _ if r.direct => ("direct", format!("same L2 segment {seg_s}: routed without encapsulation")),
-                        _ if !direct_on => ("vxlan", "direct routing is off for this network".to_string()),
-                        _ if !same_l2 => ("vxlan", format!("{} is behind a router (outside {seg_s})", r.underlay_ip)),
-                        _ => ("vxlan", "encapsulated".to_string()),
-                    };
-                    PeerStatus {
-                        node: owners.get(&r.subnet).cloned().unwrap_or_default(),
-                        subnet: r.subnet,
-                        underlay_ip: r.underlay_ip,
-                        path: path.into(),
-                        reason,
-                    }
+                .filter(|p| p.vni == n.vni)
+                .map(|p| PeerStatus {
+                    node: owners.get(&p.subnet).cloned().unwrap_or_default(),
+                    subnet: p.subnet,
+                    underlay_ip: p.underlay_ip,
+                    path: p.path.as_str().into(),
+                    reason: p.reason.clone(),
                 })
                 .collect();
-            NetworkStatus { name: n.name.clone(), vni: n.vni, subnet: n.subnet, peers }
+            NetworkStatus {
+                name: n.name.clone(),
+                vni: n.vni,
+                subnet: n.subnet,
+                peers,
+            }
         })
         .collect();
     Status {

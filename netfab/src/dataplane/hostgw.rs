@@ -26,8 +26,11 @@ impl HostGwDataplane {
 impl Dataplane for HostGwDataplane {
     async fn apply(&mut self, state: &DesiredState) -> Result<ApplyReport> {
         let nl = &self.netlink;
-        let mut report = ApplyReport::default();
         let (underlay, unet) = nl.underlay(&state.underlay_interface).await?;
+        let mut report = ApplyReport {
+            paths: super::peer_paths(self.kind(), &state.remotes, unet),
+            ..Default::default()
+        };
         let mut routes = Vec::new();
         for r in &state.remotes {
             if !unet.trunc().contains(&r.underlay_ip) {
@@ -58,7 +61,7 @@ impl Dataplane for HostGwDataplane {
         Ok(report)
     }
 
-    fn name(&self) -> &'static str {
-        "host-gw"
+    fn kind(&self) -> super::kind::DataplaneKind {
+        super::kind::DataplaneKind::HostGw
     }
 }

@@ -6,6 +6,7 @@ pub mod ebpf;
 pub mod host;
 pub mod hostgw;
 pub mod iptables;
+pub mod kind;
 pub mod select;
 pub mod vxlan;
 
@@ -25,12 +26,111 @@ pub struct ApplyReport {
     pub refused: Vec<String>,
     /// Local containers that are programmed (their veth exists).
     pub programmed_endpoints: Vec<std::net::Ipv4Addr>,
+    /// Per remote subnet, the path its packets take and why.
+    pub paths: Vec<PeerPath>,
+}
+
+/// The path one remote subnet's packets take from this host, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPath {
+    pub subnet: ipnet::Ipv4Net,
+    pub vni: u32,
+    pub underlay_ip: std::net::Ipv4Addr,
+    pub path: kind::PathKind,
+    pub reason: String,
+}
+
+/// What a backend of `kind` does with each remote, given this host's
+/// underlay address and prefix. Pure; every backend reports through it.
+pub fn peer_paths(
+    kind: kind::DataplaneKind,
+    remotes: &[crate::state::RemoteHostSubnet],
+    underlay: ipnet::Ipv4Net,
+) -> Vec<PeerPath> {
+    use kind::{DataplaneKind, PathKind};
+    let seg = underlay.trunc();
+    remotes
+        .iter()
+        .map(|r| {
+            let same_l2 = seg.contains(&r.underlay_ip);
+            let (path, reason) = match kind {
+                DataplaneKind::HostGw if same_l2 => (
+                    PathKind::HostGw,
+                    format!(
+                        "static route via {} on the same L2 segment {seg}",
+                        r.underlay_ip
+                    ),
+                ),
+                DataplaneKind::HostGw => (
+                    PathKind::Refused,
+                    format!(
+                        "{} is not on this host's L2 segment {seg}; host-gw cannot reach it",
+                        r.underlay_ip
+                    ),
+                ),
+                _ if r.direct => (
+                    PathKind::Direct,
+                    format!("same L2 segment {seg}: routed without encapsulation"),
+                ),
+                _ if same_l2 => (
+                    PathKind::Vxlan,
+                    "direct routing is off for this network".to_string(),
+                ),
+                _ => (
+                    PathKind::Vxlan,
+                    format!("{} is behind a router (outside {seg})", r.underlay_ip),
+                ),
+            };
+            PeerPath {
+                subnet: r.subnet,
+                vni: r.vni,
+                underlay_ip: r.underlay_ip,
+                path,
+                reason,
+            }
+        })
+        .collect()
 }
 
 #[allow(async_fn_in_trait)]
 pub trait Dataplane {
     /// Makes the kernel match `state`. Idempotent; safe to call periodically.
     async fn apply(&mut self, state: &DesiredState) -> anyhow::Result<ApplyReport>;
+    /// Which backend this is.
+    fn kind(&self) -> kind::DataplaneKind;
     /// The backend's name as `netfab status` reports it.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.kind().as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{kind::*, *};
+
+    #[test]
+    fn each_backend_reports_its_path_per_peer() {
+        let r = |sn: &str, ip: &str, direct: bool| crate::state::RemoteHostSubnet {
+            subnet: sn.parse().unwrap(),
+            vni: 1,
+            underlay_ip: ip.parse().unwrap(),
+            vtep_mac: Default::default(),
+            direct,
+        };
+        let remotes = [
+            r("10.244.2.0/24", "100.64.0.2", true),
+            r("10.244.3.0/24", "100.64.0.3", false),
+            r("10.244.4.0/24", "100.64.1.4", false),
+        ];
+        let u: ipnet::Ipv4Net = "100.64.0.1/24".parse().unwrap();
+        let paths =
+            |k| -> Vec<PathKind> { peer_paths(k, &remotes, u).iter().map(|p| p.path).collect() };
+        use PathKind::*;
+        assert_eq!(paths(DataplaneKind::Ebpf), vec![Direct, Vxlan, Vxlan]);
+        assert_eq!(paths(DataplaneKind::Vxlan), vec![Direct, Vxlan, Vxlan]);
+        assert_eq!(paths(DataplaneKind::HostGw), vec![HostGw, HostGw, Refused]);
+        let p = peer_paths(DataplaneKind::Ebpf, &remotes, u);
+        assert!(p[1].reason.contains("direct routing is off"));
+        assert!(p[2].reason.contains("behind a router"));
+    }
 }

@@ -7,21 +7,12 @@ use anyhow::{Context, Result};
 use log::{info, warn};
 
 use super::{
-    ebpf::EbpfDataplane, hostgw::HostGwDataplane, vxlan::KernelVxlanDataplane, ApplyReport,
-    Dataplane,
+    ebpf::EbpfDataplane, hostgw::HostGwDataplane, kind::DataplaneKind, vxlan::KernelVxlanDataplane,
+    ApplyReport, Dataplane,
 };
 use crate::state::DesiredState;
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Choice {
-    Auto,
-    Ebpf,
-    Vxlan,
-    HostGw,
-}
+pub use super::kind::Choice;
 
 pub enum AnyDataplane {
     Ebpf(Box<EbpfDataplane>),
@@ -37,11 +28,11 @@ impl Dataplane for AnyDataplane {
             AnyDataplane::HostGw(d) => d.apply(state).await,
         }
     }
-    fn name(&self) -> &'static str {
+    fn kind(&self) -> DataplaneKind {
         match self {
-            AnyDataplane::Ebpf(d) => d.name(),
-            AnyDataplane::Vxlan(d) => d.name(),
-            AnyDataplane::HostGw(d) => d.name(),
+            AnyDataplane::Ebpf(d) => d.kind(),
+            AnyDataplane::Vxlan(d) => d.kind(),
+            AnyDataplane::HostGw(d) => d.kind(),
         }
     }
 }

@@ -45,8 +45,11 @@ impl KernelVxlanDataplane {
 impl Dataplane for KernelVxlanDataplane {
     async fn apply(&mut self, state: &DesiredState) -> Result<ApplyReport> {
         let nl = &self.netlink;
-        let mut report = ApplyReport::default();
         let (underlay, unet) = nl.underlay(&state.underlay_interface).await?;
+        let mut report = ApplyReport {
+            paths: super::peer_paths(self.kind(), &state.remotes, unet),
+            ..Default::default()
+        };
         let local = unet.addr();
         let mut devs: BTreeMap<u32, u32> = BTreeMap::new();
         for n in &state.networks {
@@ -164,7 +167,7 @@ impl Dataplane for KernelVxlanDataplane {
         Ok(report)
     }
 
-    fn name(&self) -> &'static str {
-        "vxlan"
+    fn kind(&self) -> super::kind::DataplaneKind {
+        super::kind::DataplaneKind::Vxlan
     }
 }

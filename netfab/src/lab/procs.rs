@@ -10,8 +10,6 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::dataplane::select::Choice;
-
 use super::{
     state_dir, tls,
     topology::{Control, Topology},
@@ -86,13 +84,8 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
         cmd = Command::new(netfab_binary()?);
         cmd.arg("agent").args(["--netns", &topo.host_ns(h)]);
     }
-    let dataplane = match topo.dataplane {
-        Choice::Auto => "auto",
-        Choice::Ebpf => "ebpf",
-        Choice::Vxlan => "vxlan",
-        Choice::HostGw => "host-gw",
-    };
-    cmd.args(["--node", &topo.host_ns(h), "--dataplane", dataplane])
+    let dataplane = topo.dataplane.to_string();
+    cmd.args(["--node", &topo.host_ns(h), "--dataplane", &dataplane])
         .arg("--status-file")
         .arg(super::host_dir(&topo.name, h).join("status.json"))
         .arg("--pin-dir")

@@ -116,8 +116,9 @@ impl EbpfDataplane {
         &self.maps
     }
 
-    /// Creates or adopts the VXLAN device; returns it and the underlay's ifindex.
-    async fn ensure_vxlan(&self, state: &DesiredState) -> Result<(LinkFacts, u32)> {
+    /// Creates or adopts the VXLAN device; returns it, the underlay's ifindex
+    /// and the underlay address with its prefix.
+    async fn ensure_vxlan(&self, state: &DesiredState) -> Result<(LinkFacts, u32, ipnet::Ipv4Net)> {
         let (underlay, ip) = self.netlink.underlay(&state.underlay_interface).await?;
         let spec = VxlanSpec {
             name: state.vxlan_device.clone(),
@@ -129,6 +130,7 @@ impl EbpfDataplane {
         Ok((
             self.netlink.ensure_vxlan(&spec).await?,
             underlay.facts.ifindex,
+            ip,
         ))
     }
 
@@ -203,7 +205,7 @@ fn spawn_log_reader(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
 
 impl Dataplane for EbpfDataplane {
     async fn apply(&mut self, state: &DesiredState) -> Result<ApplyReport> {
-        let (vxlan, underlay_ifindex) = self.ensure_vxlan(state).await?;
+        let (vxlan, underlay_ifindex, underlay_net) = self.ensure_vxlan(state).await?;
         let links = self.netlink.links().await?;
         let facts: HashMap<String, LinkFacts> =
             links.iter().map(|(n, d)| (n.clone(), d.facts)).collect();
@@ -234,6 +236,7 @@ impl Dataplane for EbpfDataplane {
             map_upserts,
             map_removals,
             skipped,
+            paths: super::peer_paths(self.kind(), &state.remotes, underlay_net),
             ..Default::default()
         };
         let attached = self.attach_all(&wanted, &mut report)?;
@@ -251,7 +254,7 @@ impl Dataplane for EbpfDataplane {
         Ok(report)
     }
 
-    fn name(&self) -> &'static str {
-        "ebpf"
+    fn kind(&self) -> crate::dataplane::kind::DataplaneKind {
+        crate::dataplane::kind::DataplaneKind::Ebpf
     }
 }
