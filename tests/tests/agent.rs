@@ -102,3 +102,67 @@ fn cleanup_removes_links_pins_and_the_vxlan_device() {
     assert!(masq.is_err(), "iptables chain removed");
     assert_eq!(progs, 0, "no program left on the container veth");
 }
+
+/// The etcd-less mode honours `--dataplane` and reports like the etcd mode.
+fn state_file_agent(b: netfab::dataplane::kind::Choice, name: &str) -> (LabGuard, String) {
+    let mut topo = Topology::with(name, 2, 1, 1, Control::Static).unwrap();
+    topo.dataplane = b;
+    let lab = LabGuard::up_with(topo);
+    let st = lab.ping((1, 1), (2, 1), 3);
+    assert_eq!(st.received, 3, "{b}: traffic across hosts");
+    // No TC program anywhere: no pinned links, no maps.
+    assert!(
+        !lab.topo.pin_dir(1).exists(),
+        "{b}: the state-file agent loaded eBPF"
+    );
+    let status = netfab_ok([
+        "status",
+        "--status-file",
+        lab::host_dir(&lab.topo.name, 1)
+            .join("status.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(status.contains(&format!("dataplane {b}")), "{status}");
+    assert!(
+        status.contains(&lab.topo.subnet(2, 1).unwrap().to_string()),
+        "{status}"
+    );
+    (lab, status)
+}
+
+#[test]
+fn a_state_file_agent_runs_kernel_vxlan_and_reports_its_peers() {
+    require_privileges!();
+    let (lab, status) = state_file_agent(netfab::dataplane::kind::Choice::Vxlan, "sfvx");
+    let links =
+        netfab::lab::sh::in_ns(&lab.topo.host_ns(1), "ip", &["-d", "link", "show", "nfvx1"])
+            .unwrap();
+    assert!(links.contains("vxlan id 1"), "{links}");
+    // The lab's state files turn direct routing off: the peer's line says
+    // VXLAN and why.
+    let peer = status
+        .lines()
+        .find(|l| l.contains(&lab.topo.subnet(2, 1).unwrap().to_string()))
+        .unwrap();
+    assert!(
+        peer.contains(" vxlan ") && peer.contains("direct routing is off"),
+        "{peer}"
+    );
+}
+
+#[test]
+fn a_state_file_agent_runs_host_gw_and_reports_its_peers() {
+    require_privileges!();
+    let (lab, status) = state_file_agent(netfab::dataplane::kind::Choice::HostGw, "sfhg");
+    let t = &lab.topo;
+    let routes =
+        netfab::lab::sh::in_ns(&t.host_ns(1), "ip", &["route", "show", "proto", "212"]).unwrap();
+    let want = format!("{} via {}", t.subnet(2, 1).unwrap(), t.host_ip(2));
+    assert!(routes.contains(&want), "{want} not in {routes}");
+    let peer = status
+        .lines()
+        .find(|l| l.contains(&t.subnet(2, 1).unwrap().to_string()))
+        .unwrap();
+    assert!(peer.contains(" host-gw "), "{peer}");
+}

@@ -97,17 +97,6 @@ pub fn run(a: AgentArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("/run/netfab"));
     let _lock = lock_node(&run_dir, &node)?;
     runtime()?.block_on(async move {
-        if let Some(state_file) = a.state_file {
-            let bpf_object = object::locate(a.bpf_object.as_deref())?;
-            let cfg = AgentConfig {
-                state_file,
-                pin_dir: pins,
-                bpf_object,
-                resync,
-                poll: Duration::from_millis(200),
-            };
-            return agent::run(cfg, shutdown_signal()).await;
-        }
         let nl = Netlink::connect()?;
         let (underlay, underlay_net) = nl.underlay(&a.underlay_interface).await?;
         let sel =
@@ -119,6 +108,19 @@ pub fn run(a: AgentArgs) -> Result<()> {
             "node {node}: dataplane {}, underlay {underlay_net}, container MTU {container_mtu}",
             dp.name()
         );
+        if let Some(state_file) = a.state_file {
+            let cfg = AgentConfig {
+                state_file,
+                resync,
+                poll: Duration::from_millis(200),
+                node,
+                status_file: Some(a.status_file),
+                dataplane_reason: sel.reason,
+                underlay_net: Some(underlay_net),
+                container_mtu,
+            };
+            return agent::run(cfg, &mut dp, shutdown_signal()).await;
+        }
         if let Some(dir) = a.status_file.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }

@@ -708,10 +708,6 @@ impl<'a, D: Dataplane> Controller<'a, D> {
         let Some(path) = &self.cfg.status_file else {
             return;
         };
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let st = status::build(
             status::StatusInput {
                 node: &self.me.node,
@@ -743,12 +739,9 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                     .collect(),
                 applies: self.applies,
             },
-            now,
+            status::now_secs(),
         );
-        let res = serde_json::to_string_pretty(&st)
-            .map_err(anyhow::Error::from)
-            .and_then(|t| endpoints::write_atomic(path, &t));
-        if let Err(e) = res {
+        if let Err(e) = status::write(path, &st) {
             error!("writing status file: {e:#}");
         }
     }

@@ -142,6 +142,20 @@ pub fn build(i: StatusInput<'_>, applied_at: u64) -> Status {
     }
 }
 
+/// Seconds since the epoch, as `applied_at` records them.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Writes the status file atomically (readers never see half a file).
+pub fn write(path: &std::path::Path, st: &Status) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(st)?;
+    crate::endpoints::write_atomic(path, &text)
+}
+
 pub fn render(s: &Status) -> String {
     let mut out = format!(
         "node {}  dataplane {}  ({})\nunderlay {}  container MTU {}\n",

@@ -24,10 +24,7 @@ use anyhow::{bail, Context, Result};
 
 pub use self::procs::netfab_binary;
 use self::topology::{Control, HostSubnet, Topology};
-use crate::{
-    control::LeaseFile,
-    dataplane::ebpf::{maps::BpfMaps, DEFAULT_PIN_ROOT},
-};
+use crate::{control::LeaseFile, dataplane::ebpf::DEFAULT_PIN_ROOT};
 
 pub const STATE_ROOT: &str = "/run/netfab-lab";
 
@@ -327,26 +324,12 @@ pub fn wait_host_programmed(topo: &Topology, h: u32, timeout: Duration) -> Resul
     let deadline = Instant::now() + timeout;
     let remotes = ((topo.hosts - 1) * topo.networks) as usize;
     loop {
-        let ready = match topo.control {
-            // The etcd-mode agent reports what it applied, whatever the backend.
-            Control::Etcd => read_status(topo, h).is_some_and(|st| {
-                st.endpoints == topo.containers as usize && st.remotes == remotes
-            }),
-            Control::Static => {
-                BpfMaps::open(&topo.pin_dir(h))
-                    .and_then(|m| m.read())
-                    .map(|t| {
-                        t.endpoints.len() == topo.containers as usize
-                            && t.remote_subnets.len() == remotes
-                            && t.host_config.vxlan_ifindex != 0
-                    })
-                    .unwrap_or(false)
-                    && std::fs::read_dir(topo.pin_dir(h).join("links"))
-                        // Container veths, the VXLAN device, the underlay.
-                        .map(|d| d.count() == topo.containers as usize + 2)
-                        .unwrap_or(false)
-            }
-        };
+        // Both modes report what they applied, whatever the backend.
+        let ready = read_status(topo, h).is_some_and(|st| {
+            st.endpoints == topo.containers as usize
+                && st.remotes == remotes
+                && st.endpoint_ips.len() == topo.containers as usize
+        });
         if ready {
             return Ok(());
         }
