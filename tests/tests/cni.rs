@@ -379,3 +379,34 @@ fn plugin_containers_reach_each_other_through_ebpf_and_through_kernel_vxlan() {
         }
     }
 }
+
+/// ADD returns only once the endpoint is programmed: the first ping from
+/// another host is answered, every time. The latency of 20 ADDs is printed
+/// (a figure for the notes, not a timing assertion).
+#[test]
+fn add_returns_once_programmed_and_its_latency_is_reported() {
+    require_privileges!();
+    let lab = LabGuard::up("cnilat", 2, 1);
+    let t = &lab.topo;
+    let mut took = Vec::new();
+    for round in 0..20 {
+        let ns = t.container_ns(1, 2);
+        netfab::lab::sh::ip(&["netns", "add", &ns]).unwrap();
+        let start = std::time::Instant::now();
+        let ip = netfab::lab::cni::add(t, 1, 2).expect("ADD");
+        took.push(start.elapsed());
+        let st =
+            netfab::lab::demo::ping(&t.container_ns(2, 1), &ip.to_string(), 1, "0.05").unwrap();
+        assert_eq!(
+            st.received, 1,
+            "round {round}: first ping to {ip} unanswered"
+        );
+        netfab::lab::cni::del(t, 1, 2).expect("DEL");
+        netfab::lab::sh::ip(&["netns", "del", &ns]).unwrap();
+    }
+    took.sort();
+    eprintln!(
+        "CNI ADD latency over 20 ADDs: median {:?}, min {:?}, max {:?}",
+        took[10], took[0], took[19]
+    );
+}

@@ -236,7 +236,11 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
             .map(|rt| rt.block_on(async { Netlink::connect()?.delete(&host_ifname).await }));
         return Err(e.into());
     }
-    if let Err(e) = wait_programmed(conf, ip) {
+    let host_ifindex = runtime()?
+        .block_on(async { Netlink::connect()?.link(&host_ifname).await })?
+        .map(|l| l.facts.ifindex)
+        .unwrap_or(0);
+    if let Err(e) = wait_programmed(conf, ip, host_ifindex) {
         // Leave nothing behind: the runtime retries from scratch.
         let _ = forget_endpoint(conf, &host_ifname, &[ip]);
         let _ = remove_veth(&host_ifname);
@@ -270,12 +274,16 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
 /// so the container's first packets are not lost. ADD never reports success
 /// for an endpoint no agent serves: with no agent, a stale one, or one that
 /// cannot program it in time, the runtime gets "try again later".
-fn wait_programmed(conf: &NetConf, ip: std::net::Ipv4Addr) -> Result<(), CniError> {
+fn wait_programmed(
+    conf: &NetConf,
+    ip: std::net::Ipv4Addr,
+    host_ifindex: u32,
+) -> Result<(), CniError> {
     let path = run_dir(conf).join("status.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let st = read_status(&path)?;
-        if st.endpoint_ips.contains(&ip) {
+        if st.programmed.contains(&(ip, host_ifindex)) {
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {

@@ -29,6 +29,11 @@ pub struct Status {
     /// Local containers the dataplane serves (CNI ADD waits for its own).
     #[serde(default)]
     pub endpoint_ips: Vec<std::net::Ipv4Addr>,
+    /// The same, with the ifindex of the host veth each was programmed for:
+    /// ADD waits for its own veth, not for an address a previous container
+    /// held.
+    #[serde(default)]
+    pub programmed: Vec<(std::net::Ipv4Addr, u32)>,
     /// Store entries refused, each with its key and why.
     #[serde(default)]
     pub rejected: Vec<Rejected>,
@@ -129,7 +134,13 @@ pub fn build(i: StatusInput<'_>, applied_at: u64) -> Status {
         skipped: i.report.skipped.clone(),
         applied_at,
         etcd_connected: i.etcd_connected,
-        endpoint_ips: i.report.programmed_endpoints.clone(),
+        endpoint_ips: i
+            .report
+            .programmed_endpoints
+            .iter()
+            .map(|(ip, _)| *ip)
+            .collect(),
+        programmed: i.report.programmed_endpoints.clone(),
         retained: i
             .retained
             .iter()

@@ -69,7 +69,7 @@ impl HostPlumbing {
                     onlink: false,
                 },
             );
-            report.programmed_endpoints.push(e.ip);
+            report.programmed_endpoints.push((e.ip, link.facts.ifindex));
             nl.neigh_replace(&Neigh {
                 ifindex: link.facts.ifindex,
                 ip: e.ip,

@@ -24,8 +24,10 @@ pub struct ApplyReport {
     /// Desired items this backend refuses (for example a host-gw peer on
     /// another L2 segment), with the reason.
     pub refused: Vec<String>,
-    /// Local containers that are programmed (their veth exists).
-    pub programmed_endpoints: Vec<std::net::Ipv4Addr>,
+    /// Local containers that are programmed, with the ifindex of the host
+    /// veth they were programmed for (a re-used address on a new veth is a
+    /// new endpoint).
+    pub programmed_endpoints: Vec<(std::net::Ipv4Addr, u32)>,
     /// Per remote subnet, the path its packets take and why.
     pub paths: Vec<PeerPath>,
 }

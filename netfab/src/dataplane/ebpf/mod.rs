@@ -245,7 +245,7 @@ impl Dataplane for EbpfDataplane {
             .apply(&self.netlink, state, &links, Vec::new(), None, &mut report)
             .await?;
         // A container is served only once its veth runs the program.
-        report.programmed_endpoints.retain(|ip| {
+        report.programmed_endpoints.retain(|(ip, _)| {
             state
                 .endpoints
                 .iter()
