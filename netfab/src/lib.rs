@@ -27,6 +27,7 @@ pub mod netlink;
 pub mod netns;
 pub mod network;
 pub mod reconcile;
+pub mod rundir;
 pub mod state;
 pub mod stats;
 pub mod store;

@@ -221,6 +221,8 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
             );
         }
     };
+    // Watch before registering, so the agent's report cannot slip by.
+    let waiter = crate::rundir::Waiter::watch(&run_dir(conf)).ok();
     let ep = LocalEndpoint {
         ip,
         network: conf.network.clone(),
@@ -240,7 +242,7 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
         .block_on(async { Netlink::connect()?.link(&host_ifname).await })?
         .map(|l| l.facts.ifindex)
         .unwrap_or(0);
-    if let Err(e) = wait_programmed(conf, ip, host_ifindex) {
+    if let Err(e) = wait_programmed(conf, ip, host_ifindex, waiter) {
         // Leave nothing behind: the runtime retries from scratch.
         let _ = forget_endpoint(conf, &host_ifname, &[ip]);
         let _ = remove_veth(&host_ifname);
@@ -278,8 +280,9 @@ fn wait_programmed(
     conf: &NetConf,
     ip: std::net::Ipv4Addr,
     host_ifindex: u32,
+    mut waiter: Option<crate::rundir::Waiter>,
 ) -> Result<(), CniError> {
-    let path = run_dir(conf).join("status.json");
+    let path = run_dir(conf).join(crate::rundir::STATUS);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let st = read_status(&path)?;
@@ -300,7 +303,16 @@ fn wait_programmed(
                     .unwrap_or_default()
             )));
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Woken by the agent's next report; polling only without inotify.
+        match waiter.as_mut() {
+            Some(w) => {
+                if let Err(e) = w.wait_for(crate::rundir::STATUS, deadline) {
+                    eprintln!("netfab-cni: {e:#}; polling instead");
+                    waiter = None;
+                }
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
     }
 }
 

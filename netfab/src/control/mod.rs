@@ -142,9 +142,11 @@ impl Session {
     }
 }
 
-fn stamp(p: &PathBuf) -> Option<(SystemTime, u64)> {
+/// Identifies one version of a file: an atomic replace makes a new inode.
+fn stamp(p: &PathBuf) -> Option<(u64, SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((m.ino(), m.modified().ok()?, m.len()))
 }
 
 /// A subnet this host holds, and the store revision of our last write to
@@ -258,6 +260,13 @@ impl<'a, D: Dataplane> Controller<'a, D> {
         let mut dirty = true;
         let ka_every = Duration::from_secs((self.cfg.lease_ttl / 3).max(1) as u64);
         let mut ka_tick = tokio::time::interval(ka_every);
+        // The plugin's writes wake the loop at once (no polling delay).
+        let mut local = crate::rundir::Changes::watch(
+            self.cfg
+                .endpoints_file
+                .parent()
+                .unwrap_or(std::path::Path::new("/")),
+        );
         loop {
             let st = stamp(&self.cfg.endpoints_file);
             if st != ep_stamp {
@@ -361,6 +370,9 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                         }
                     }
                 }
+                _ = local.next() => {}
+                // The periodic checks (resync, reconnect) and the fallback
+                // when inotify is unavailable.
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }

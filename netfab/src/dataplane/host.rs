@@ -103,15 +103,17 @@ impl HostPlumbing {
             cluster: state.cluster_cidrs.clone(),
             vxlan_port: state.vxlan_port,
             etcd: state.etcd_endpoints.clone(),
-            endpoints: state
+            ..Default::default()
+        };
+        if let Some(f) = &fallback {
+            // eBPF checks sources in from_container; the stack-routed
+            // backends need a rule per container veth.
+            input.endpoints = state
                 .endpoints
                 .iter()
                 .filter(|e| links.contains_key(&e.host_ifname))
                 .map(|e| (e.host_ifname.clone(), e.ip))
-                .collect(),
-            ..Default::default()
-        };
-        if let Some(f) = &fallback {
+                .collect();
             input.known_hosts = Some(state.remotes.iter().map(|r| r.underlay_ip).collect());
             input.vxlan_devices = f.vxlan_devices.clone();
             input.underlay = Some((state.underlay_interface.clone(), f.direct_sources.clone()));

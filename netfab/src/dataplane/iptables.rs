@@ -166,25 +166,33 @@ fn shape(text: &str) -> Vec<(String, usize)> {
     out
 }
 
-/// Whether the kernel's tables already hold exactly `rules` (by shape) and
-/// every jump: one iptables-save instead of a restore and five checks.
-fn in_place(rules: &str) -> bool {
-    let Ok(out) = Command::new("iptables-save").stderr(Stdio::null()).output() else {
-        return false;
-    };
-    let have = String::from_utf8_lossy(&out.stdout);
+fn saved() -> Option<String> {
+    let out = Command::new("iptables-save")
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn want_with_jumps(rules: &str) -> String {
     let mut want = rules.to_string();
     for (_, chain, target) in JUMPS {
         want += &format!("-A {chain} -j {target}\n");
     }
-    out.status.success() && shape(&have) == shape(&want)
+    want
 }
 
 /// Loads the chains and makes sure the built-in chains jump to them. With
-/// `unchanged` (the same rules as last time) it only checks that nobody
-/// flushed or removed them, and reloads if someone did.
+/// `unchanged` (the same rules as last time) it only checks, with one
+/// iptables-save, that nobody flushed or removed them, and reloads if
+/// someone did. Each process costs milliseconds, and a CNI ADD waits for
+/// this.
 pub fn apply(rules: &str, unchanged: bool) -> Result<()> {
-    if unchanged && in_place(rules) {
+    let want = want_with_jumps(rules);
+    let before = saved();
+    if unchanged && before.as_deref().is_some_and(|h| shape(h) == shape(&want)) {
         return Ok(());
     }
     let mut child = Command::new("iptables-restore")
@@ -205,8 +213,12 @@ pub fn apply(rules: &str, unchanged: bool) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    // Jumps: added only where the table we saw lacks them.
+    let have = before.unwrap_or_default();
     for (table, chain, target) in JUMPS {
-        if !run(&["-t", table, "-C", chain, "-j", target])?
+        let present = have.lines().any(|l| l == format!("-A {chain} -j {target}"));
+        if !present
+            && !run(&["-t", table, "-C", chain, "-j", target])?
             && !run(&["-t", table, "-I", chain, "1", "-j", target])?
         {
             bail!("cannot add the {table} {chain} -> {target} jump");
@@ -295,10 +307,7 @@ mod tests {
             saved += &l.replace("-p udp", "-p udp -m udp");
             saved.push('\n');
         }
-        let mut want = rules.clone();
-        for (_, chain, target) in JUMPS {
-            want += &format!("-A {chain} -j {target}\n");
-        }
+        let want = want_with_jumps(&rules);
         assert_eq!(shape(&saved), shape(&want));
         // A flushed chain or a lost jump shows.
         let flushed: String = saved
