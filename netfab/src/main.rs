@@ -34,8 +34,12 @@ enum Cmd {
     },
     /// What the agent runs: dataplane and why, and per peer the path taken.
     Status {
-        #[arg(long, default_value = "/run/netfab/status.json")]
-        status_file: std::path::PathBuf,
+        /// The agent's run directory.
+        #[arg(long, env = "NETFAB_RUN_DIR", default_value = netfab::rundir::DEFAULT)]
+        run_dir: std::path::PathBuf,
+        /// Override [default: <run-dir>/status.json].
+        #[arg(long)]
+        status_file: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -66,7 +70,11 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Agent(a) => commands::agent::run(*a),
         Cmd::Network { cmd, etcd, netns } => commands::network::run(cmd, etcd, netns),
-        Cmd::Status { status_file, json } => commands::agent::show_status(status_file, json),
+        Cmd::Status {
+            run_dir,
+            status_file,
+            json,
+        } => commands::agent::show_status(run_dir, status_file, json),
         Cmd::Ipam { cmd, netns } => commands::ipam::run(cmd, netns),
         Cmd::Cleanup(h) => commands::agent::cleanup(h),
         Cmd::Stats { host, json } => commands::agent::show_stats(host, json),

@@ -10,20 +10,82 @@
 //! agent), `status.json` (what the agent applied), `agent.lock` (one agent
 //! per node).
 use std::{
+    collections::BTreeMap,
     ffi::OsStr,
     os::fd::AsRawFd,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use inotify::{EventStream, Inotify, WatchMask};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
 
 pub const ENDPOINTS: &str = "endpoints.json";
 pub const LEASES: &str = "leases.json";
 pub const STATUS: &str = "status.json";
 pub const AGENT_LOCK: &str = "agent.lock";
+pub const DEFAULT: &str = "/run/netfab";
+
+/// Version of the JSON files written here. A reader refuses a newer one
+/// with a clear error instead of misreading it (a plugin older than its
+/// agent, say, during an upgrade).
+pub const FORMAT_VERSION: u32 = 1;
+
+pub fn v1() -> u32 {
+    1
+}
+
+/// One host's run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn new(p: impl Into<PathBuf>) -> Self {
+        Self(p.into())
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn endpoints(&self) -> PathBuf {
+        self.0.join(ENDPOINTS)
+    }
+    pub fn leases(&self) -> PathBuf {
+        self.0.join(LEASES)
+    }
+    pub fn status(&self) -> PathBuf {
+        self.0.join(STATUS)
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.0.join(AGENT_LOCK)
+    }
+}
+
+/// What `leases.json` holds: the subnets this host leased, and the MTU its
+/// containers must use.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct LeaseFile {
+    #[serde(default = "v1")]
+    pub version: u32,
+    pub node: String,
+    pub subnets: BTreeMap<String, Ipv4Net>,
+    /// MTU for containers on this host.
+    pub mtu: u32,
+}
+
+/// Refuses a file written in a newer format than this binary knows.
+pub fn check_version(what: &Path, version: u32) -> Result<()> {
+    if version > FORMAT_VERSION {
+        anyhow::bail!(
+            "{} is format version {version}, this netfab reads up to {FORMAT_VERSION}: \
+             upgrade netfab-cni and netfab together",
+            what.display()
+        );
+    }
+    Ok(())
+}
 
 /// What a completed write looks like to inotify.
 fn mask() -> WatchMask {
@@ -125,5 +187,37 @@ impl Waiter {
                 return Ok(true);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_of_a_newer_format_are_refused_clearly() {
+        let p = Path::new("/run/netfab/leases.json");
+        check_version(p, FORMAT_VERSION).unwrap();
+        let e = check_version(p, FORMAT_VERSION + 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upgrade netfab-cni and netfab together"), "{e}");
+        // Files from before versioning read as version 1.
+        let lf: LeaseFile =
+            serde_json::from_str(r#"{"node":"h1","subnets":{},"mtu":1450}"#).unwrap();
+        assert_eq!(lf.version, 1);
+    }
+
+    #[test]
+    fn a_change_wakes_the_waiter_and_silence_times_out() {
+        let dir = std::env::temp_dir().join(format!("netfab-rundir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = Waiter::watch(&dir).unwrap();
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert!(!w.wait_for(STATUS, soon).unwrap(), "nothing was written");
+        crate::endpoints::write_atomic(&dir.join(STATUS), "{}").unwrap();
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(w.wait_for(STATUS, later).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

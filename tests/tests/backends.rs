@@ -279,8 +279,8 @@ fn mixed_cluster_with_ebpf_really_unavailable_on_one_host() {
     assert!(s2.reason.contains("bpf(2) refused"), "{}", s2.reason);
     let shown = Command::new(lab::netfab_binary().unwrap())
         .arg("status")
-        .arg("--status-file")
-        .arg(lab::host_dir(&t.name, 2).join("status.json"))
+        .arg("--run-dir")
+        .arg(lab::host_dir(&t.name, 2))
         .output()
         .unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout);

@@ -244,8 +244,8 @@ fn a_second_agent_for_a_node_exits_with_a_clear_error() {
     let t = &lab.topo;
     let out = std::process::Command::new(netfab::lab::netfab_binary().unwrap())
         .args(["agent", "--netns", &t.host_ns(1), "--node", &t.host_ns(1)])
-        .arg("--status-file")
-        .arg(lab::host_dir(&t.name, 1).join("status.json"))
+        .arg("--run-dir")
+        .arg(lab::host_dir(&t.name, 1))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -128,7 +128,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
 
 /// This host's subnet in the configured network, and the container MTU.
 fn lease(conf: &NetConf) -> Result<(Ipv4Net, u32), CniError> {
-    let path = run_dir(conf).join("leases.json");
+    let path = run_dir(conf).join(crate::rundir::LEASES);
     let text = std::fs::read_to_string(&path).map_err(|_| {
         CniError::new(code::TRY_AGAIN, "this host has no subnet yet").details(format!(
             "{} is missing: is the netfab agent running?",
@@ -138,6 +138,8 @@ fn lease(conf: &NetConf) -> Result<(Ipv4Net, u32), CniError> {
     let lf: LeaseFile = serde_json::from_str(&text).map_err(|e| {
         CniError::new(code::IO, format!("{} is unreadable", path.display())).details(e.to_string())
     })?;
+    crate::rundir::check_version(&path, lf.version)
+        .map_err(|e| CniError::new(code::IO, format!("{e:#}")))?;
     let subnet = lf.subnets.get(&conf.network).copied().ok_or_else(|| {
         let known: Vec<&String> = lf.subnets.keys().collect();
         CniError::new(
@@ -150,7 +152,7 @@ fn lease(conf: &NetConf) -> Result<(Ipv4Net, u32), CniError> {
 }
 
 fn endpoints_file(conf: &NetConf) -> PathBuf {
-    run_dir(conf).join("endpoints.json")
+    run_dir(conf).join(crate::rundir::ENDPOINTS)
 }
 
 fn ipam(conf: &NetConf) -> Result<Ipam, CniError> {
@@ -448,6 +450,8 @@ fn read_status(path: &std::path::Path) -> Result<Status, CniError> {
             CniError::new(code::TRY_AGAIN, "the netfab agent is not running")
                 .details(format!("no status at {}", path.display()))
         })?;
+    crate::rundir::check_version(path, st.version)
+        .map_err(|e| CniError::new(code::IO, format!("{e:#}")))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -464,7 +468,7 @@ fn read_status(path: &std::path::Path) -> Result<Status, CniError> {
 
 /// Ready when the agent reports recently and is connected to etcd.
 fn status(conf: &NetConf) -> Result<(), CniError> {
-    let path = run_dir(conf).join("status.json");
+    let path = run_dir(conf).join(crate::rundir::STATUS);
     let st = read_status(&path).map_err(|e| e.with_code(code::NOT_AVAILABLE))?;
     if !st.etcd_connected {
         return Err(CniError::new(

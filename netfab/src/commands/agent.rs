@@ -27,6 +27,10 @@ pub struct AgentArgs {
     /// etcd-less mode: the whole desired state from this JSON file.
     #[arg(long, conflicts_with = "endpoints_file")]
     state_file: Option<PathBuf>,
+    /// The run directory this agent shares with the CNI plugin (its
+    /// `runDir`): endpoints.json, leases.json, status.json, agent.lock.
+    #[arg(long, env = "NETFAB_RUN_DIR", default_value = netfab::rundir::DEFAULT)]
+    run_dir: PathBuf,
     /// This host's name in the cluster [default: netns name, else hostname].
     #[arg(long)]
     node: Option<String>,
@@ -40,16 +44,15 @@ pub struct AgentArgs {
     /// Source-NAT container traffic to destinations outside the cluster.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     ip_masq: bool,
-    /// Local containers (JSON), in etcd mode.
-    #[arg(long, default_value = "/run/netfab/endpoints.json")]
-    endpoints_file: PathBuf,
-    /// Where to write the subnets this host leased (JSON), in etcd mode;
-    /// the CNI plugin reads it from its runDir.
-    #[arg(long, default_value = "/run/netfab/leases.json")]
-    lease_file: PathBuf,
-    /// Where to write what `netfab status` shows.
-    #[arg(long, default_value = "/run/netfab/status.json")]
-    status_file: PathBuf,
+    /// Override: local containers (JSON) [default: <run-dir>/endpoints.json].
+    #[arg(long)]
+    endpoints_file: Option<PathBuf>,
+    /// Override: the subnets this host leased [default: <run-dir>/leases.json].
+    #[arg(long)]
+    lease_file: Option<PathBuf>,
+    /// Override: what `netfab status` shows [default: <run-dir>/status.json].
+    #[arg(long)]
+    status_file: Option<PathBuf>,
     /// TTL of this host's leases in etcd, seconds. Only decides how soon a
     /// dead host's subnet may be leased again: peers keep routing it for
     /// --lease-grace-secs, so an agent that is down or cut off from etcd
@@ -89,13 +92,12 @@ pub fn run(a: AgentArgs) -> Result<()> {
     if a.lease_ttl < 2 {
         bail!("--lease-ttl must be at least 2 seconds");
     }
+    let rd = netfab::rundir::RunDir::new(&a.run_dir);
+    let endpoints_file = a.endpoints_file.clone().unwrap_or_else(|| rd.endpoints());
+    let lease_file = a.lease_file.clone().unwrap_or_else(|| rd.leases());
+    let status_file = a.status_file.clone().unwrap_or_else(|| rd.status());
     // One agent per node: two would fight over the same maps and leases.
-    let run_dir = a
-        .status_file
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/run/netfab"));
-    let _lock = lock_node(&run_dir, &node)?;
+    let _lock = lock_node(&rd, &node)?;
     runtime()?.block_on(async move {
         let nl = Netlink::connect()?;
         let (underlay, underlay_net) = nl.underlay(&a.underlay_interface).await?;
@@ -114,14 +116,14 @@ pub fn run(a: AgentArgs) -> Result<()> {
                 resync,
                 poll: Duration::from_millis(200),
                 node,
-                status_file: Some(a.status_file),
+                status_file: Some(status_file),
                 dataplane_reason: sel.reason,
                 underlay_net: Some(underlay_net),
                 container_mtu,
             };
             return agent::run(cfg, &mut dp, shutdown_signal()).await;
         }
-        if let Some(dir) = a.status_file.parent() {
+        if let Some(dir) = status_file.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let etcd = a.etcd.config();
@@ -144,9 +146,9 @@ pub fn run(a: AgentArgs) -> Result<()> {
             underlay_ip: underlay_net.addr(),
             lease_ttl: a.lease_ttl,
             resync,
-            endpoints_file: a.endpoints_file,
-            lease_file: Some(a.lease_file),
-            status_file: Some(a.status_file),
+            endpoints_file,
+            lease_file: Some(lease_file),
+            status_file: Some(status_file),
             dataplane_reason: sel.reason,
             underlay_net: Some(underlay_net),
             container_mtu,
@@ -158,10 +160,11 @@ pub fn run(a: AgentArgs) -> Result<()> {
 
 /// Takes `<run dir>/agent.lock` (flock) for the process's lifetime, or says
 /// who holds it.
-fn lock_node(run_dir: &std::path::Path, node: &str) -> Result<std::fs::File> {
+fn lock_node(rd: &netfab::rundir::RunDir, node: &str) -> Result<std::fs::File> {
     use std::{io::Write, os::fd::AsRawFd};
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let path = run_dir.join("agent.lock");
+    std::fs::create_dir_all(rd.path())
+        .with_context(|| format!("creating {}", rd.path().display()))?;
+    let path = rd.lock();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -187,7 +190,8 @@ fn lock_node(run_dir: &std::path::Path, node: &str) -> Result<std::fs::File> {
     Ok(f)
 }
 
-pub fn show_status(file: PathBuf, json: bool) -> Result<()> {
+pub fn show_status(run_dir: PathBuf, file: Option<PathBuf>, json: bool) -> Result<()> {
+    let file = file.unwrap_or_else(|| netfab::rundir::RunDir::new(run_dir).status());
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("reading {} (is the agent running?)", file.display()))?;
     if json {
@@ -196,6 +200,7 @@ pub fn show_status(file: PathBuf, json: bool) -> Result<()> {
     }
     let st: status::Status = serde_json::from_str(&text)
         .map_err(|e| anyhow!("{} is not a status file: {e}", file.display()))?;
+    netfab::rundir::check_version(&file, st.version)?;
     print!("{}", status::render(&st));
     Ok(())
 }

@@ -49,7 +49,7 @@ pub fn run(cmd: IpamCmd, netns_name: Option<String>) -> Result<()> {
                 for l in &leaks {
                     ipam::Ipam::open(&data_dir, &l.network)?.release_ip(l.ip)?;
                     nl.delete(&l.allocation.host_ifname).await?;
-                    endpoints::update(&run_dir.join("endpoints.json"), |eps| {
+                    endpoints::update(&run_dir.join(netfab::rundir::ENDPOINTS), |eps| {
                         eps.retain(|e| e.ip != l.ip && e.host_ifname != l.allocation.host_ifname)
                     })?;
                     println!("released {} ({}: {})", l.ip, l.network, l.reason);

@@ -33,7 +33,6 @@ use anyhow::{anyhow, Result};
 use etcd_client::{EventType, LeaseKeepAliveStream, LeaseKeeper, WatchStream};
 use ipnet::Ipv4Net;
 use log::{error, info, warn};
-use serde::Serialize;
 
 use self::{
     desired::RetainedLease,
@@ -109,14 +108,7 @@ async fn rebuild_endpoints(
     Ok(eps)
 }
 
-/// What the lease file holds.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq, Clone)]
-pub struct LeaseFile {
-    pub node: String,
-    pub subnets: BTreeMap<String, Ipv4Net>,
-    /// MTU for containers on this host.
-    pub mtu: u32,
-}
+pub use crate::rundir::LeaseFile;
 
 /// The live connection to etcd; any error drops all of it and the loop
 /// reconnects.
@@ -765,6 +757,7 @@ impl<'a, D: Dataplane> Controller<'a, D> {
             return;
         };
         let lf = LeaseFile {
+            version: crate::rundir::FORMAT_VERSION,
             node: self.me.node.clone(),
             subnets: self
                 .held

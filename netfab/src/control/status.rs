@@ -10,6 +10,8 @@ use crate::{dataplane::ApplyReport, state::DesiredState, store::Snapshot};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    #[serde(default = "crate::rundir::v1")]
+    pub version: u32,
     pub node: String,
     pub dataplane: String,
     pub reason: String,
@@ -122,6 +124,7 @@ pub fn build(i: StatusInput<'_>, applied_at: u64) -> Status {
         })
         .collect();
     Status {
+        version: crate::rundir::FORMAT_VERSION,
         node: i.node.into(),
         dataplane: i.dataplane.into(),
         reason: i.reason.into(),

@@ -237,7 +237,7 @@ pub fn host_dir(name: &str, h: u32) -> PathBuf {
 }
 
 pub fn read_leases(topo: &Topology, h: u32) -> Option<LeaseFile> {
-    let p = host_dir(&topo.name, h).join("leases.json");
+    let p = host_dir(&topo.name, h).join(crate::rundir::LEASES);
     serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
 }
 
@@ -301,7 +301,7 @@ pub fn stop_agent(name: &str, h: u32, hard: bool) -> Result<()> {
 }
 
 fn status_path(name: &str, h: u32) -> PathBuf {
-    host_dir(name, h).join("status.json")
+    host_dir(name, h).join(crate::rundir::STATUS)
 }
 
 /// What host `h`'s agent last reported (`netfab status`).

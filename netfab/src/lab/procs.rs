@@ -86,8 +86,8 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
     }
     let dataplane = topo.dataplane.to_string();
     cmd.args(["--node", &topo.host_ns(h), "--dataplane", &dataplane])
-        .arg("--status-file")
-        .arg(super::host_dir(&topo.name, h).join("status.json"))
+        .arg("--run-dir")
+        .arg(super::host_dir(&topo.name, h))
         .arg("--pin-dir")
         .arg(topo.pin_dir(h))
         .args([
@@ -103,10 +103,6 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
             cmd.args(["--etcd-endpoints", &topo.etcd_url()])
                 .args(["--lease-ttl", &topo.lease_ttl.to_string()])
                 .args(["--lease-grace-secs", &topo.lease_grace.to_string()])
-                .arg("--endpoints-file")
-                .arg(super::host_dir(&topo.name, h).join("endpoints.json"))
-                .arg("--lease-file")
-                .arg(super::host_dir(&topo.name, h).join("leases.json"))
                 .arg("--ipam-dir")
                 .arg(super::host_dir(&topo.name, h).join("ipam"));
         }
