@@ -6,6 +6,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct MacAddr(pub [u8; 6]);
 
+/// Every host-side veth gets this MAC (as Calico does): containers then need
+/// one static neighbour entry for their gateway, whatever host they are on.
+pub const GATEWAY_MAC: MacAddr = MacAddr([0xee, 0xee, 0xee, 0xee, 0xee, 0xee]);
+
 impl MacAddr {
     /// A host's VTEP MAC, derived from its underlay IP so it is stable across
     /// agent restarts and host reboots without being stored anywhere.

@@ -15,7 +15,10 @@ use netlink_packet_route::{
 };
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use crate::{addr::MacAddr, lab::topology::GATEWAY_MAC, netlink::Netlink};
+use crate::{
+    addr::{MacAddr, GATEWAY_MAC},
+    netlink::Netlink,
+};
 
 /// Host-side veth name: `nf` + 11 hex digits of a hash of (container, ifname).
 pub fn host_ifname(container_id: &str, ifname: &str) -> String {

@@ -18,10 +18,10 @@ use serde_json::Value;
 
 use self::types::{code, AddResult, CniError, Interface, NetConf, SUPPORTED};
 use crate::{
+    addr::GATEWAY_MAC,
     control::{status::Status, LeaseFile},
     endpoints::{self, LocalEndpoint},
     ipam::{Allocation, Ipam, IpamError},
-    lab::topology::GATEWAY_MAC,
     netlink::Netlink,
 };
 

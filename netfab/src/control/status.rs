@@ -134,7 +134,7 @@ pub fn build(i: StatusInput<'_>, applied_at: u64) -> Status {
         endpoints: i.state.endpoints.len(),
         remotes: i.state.remotes.len(),
         refused: i.report.refused.clone(),
-        skipped: i.report.skipped.clone(),
+        skipped: i.report.skipped.iter().map(|s| s.to_string()).collect(),
         applied_at,
         etcd_connected: i.etcd_connected,
         endpoint_ips: i

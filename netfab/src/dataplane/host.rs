@@ -87,7 +87,10 @@ impl HostPlumbing {
         for (_, r) in &d.upserts {
             if let Err(e) = nl.route_replace(r).await {
                 warn!("{e:#}");
-                report.skipped.push(format!("route {}: {e:#}", r.dst));
+                report.skipped.push(super::Skip {
+                    item: super::SkipItem::Route(r.dst),
+                    reason: format!("{e:#}"),
+                });
             }
         }
         for k in &d.removals {

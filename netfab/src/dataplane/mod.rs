@@ -19,8 +19,8 @@ pub struct ApplyReport {
     pub map_removals: usize,
     pub attached: usize,
     /// Desired items that could not be programmed yet (for example a container
-    /// veth that does not exist), with the reason.
-    pub skipped: Vec<String>,
+    /// veth that does not exist), each with what it is and why.
+    pub skipped: Vec<Skip>,
     /// Desired items this backend refuses (for example a host-gw peer on
     /// another L2 segment), with the reason.
     pub refused: Vec<String>,
@@ -30,6 +30,37 @@ pub struct ApplyReport {
     pub programmed_endpoints: Vec<(std::net::Ipv4Addr, u32)>,
     /// Per remote subnet, the path its packets take and why.
     pub paths: Vec<PeerPath>,
+}
+
+/// What a skipped item is, so callers (status, CNI ADD) need not parse text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipItem {
+    /// A local container, by address.
+    Endpoint(std::net::Ipv4Addr),
+    /// A remote subnet.
+    Remote(ipnet::Ipv4Net),
+    /// A host route.
+    Route(ipnet::Ipv4Net),
+    /// A TC attachment, by interface.
+    Attach(String),
+}
+
+/// A desired item not programmed yet, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub item: SkipItem,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.item {
+            SkipItem::Endpoint(ip) => write!(f, "endpoint {ip}: {}", self.reason),
+            SkipItem::Remote(sn) => write!(f, "remote {sn}: {}", self.reason),
+            SkipItem::Route(sn) => write!(f, "route {sn}: {}", self.reason),
+            SkipItem::Attach(i) => write!(f, "attaching to {i}: {}", self.reason),
+        }
+    }
 }
 
 /// The path one remote subnet's packets take from this host, and why.

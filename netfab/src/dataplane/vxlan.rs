@@ -83,10 +83,10 @@ impl Dataplane for KernelVxlanDataplane {
                 continue;
             }
             let Some(&dev) = devs.get(&r.vni) else {
-                report.skipped.push(format!(
-                    "remote {}: VNI {} not served here",
-                    r.subnet, r.vni
-                ));
+                report.skipped.push(super::Skip {
+                    item: super::SkipItem::Remote(r.subnet),
+                    reason: format!("VNI {} not served here", r.vni),
+                });
                 continue;
             };
             let vtep = r.subnet.network();

@@ -29,9 +29,7 @@ use crate::{
     },
 };
 
-/// Every host-side veth gets this MAC (as Calico does): containers then need
-/// one static neighbour entry for their gateway, whatever host they are on.
-pub const GATEWAY_MAC: MacAddr = MacAddr([0xee, 0xee, 0xee, 0xee, 0xee, 0xee]);
+pub use crate::addr::GATEWAY_MAC;
 pub const UNDERLAY_MTU: u32 = 1500;
 pub const CONTAINER_MTU: u32 = UNDERLAY_MTU - crate::netlink::VXLAN_OVERHEAD;
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 254);

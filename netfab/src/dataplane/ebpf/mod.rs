@@ -152,7 +152,10 @@ impl EbpfDataplane {
                 }
                 Err(e) => {
                     warn!("{ifname}: {e:#}");
-                    report.skipped.push(format!("attaching to {ifname}: {e:#}"));
+                    report.skipped.push(super::Skip {
+                        item: super::SkipItem::Attach(ifname.clone()),
+                        reason: format!("{e:#}"),
+                    });
                 }
             }
         }

@@ -11,7 +11,11 @@ use netfab_common::{
     IPPROTO_TCP, IPPROTO_UDP, REMOTE_F_DIRECT, SETTINGS_F_LOG_DROPS,
 };
 
-use crate::{addr::MacAddr, state::DesiredState};
+use crate::{
+    addr::MacAddr,
+    dataplane::{Skip, SkipItem},
+    state::DesiredState,
+};
 
 /// An interface as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +43,7 @@ pub fn desired_tables(
     links: &HashMap<String, LinkFacts>,
     vxlan: Option<LinkFacts>,
     underlay_ifindex: u32,
-) -> (Tables, Vec<String>) {
+) -> (Tables, Vec<Skip>) {
     let mut skipped = Vec::new();
     let mut t = Tables::default();
     for e in &state.endpoints {
@@ -55,10 +59,10 @@ pub fn desired_tables(
                     },
                 );
             }
-            None => skipped.push(format!(
-                "endpoint {}: interface {} not found",
-                e.ip, e.host_ifname
-            )),
+            None => skipped.push(Skip {
+                item: SkipItem::Endpoint(e.ip),
+                reason: format!("interface {} not found", e.host_ifname),
+            }),
         }
     }
     for r in &state.remotes {
@@ -141,7 +145,11 @@ mod tests {
         let ep = t.endpoints[&"10.244.1.2".parse::<Ipv4Addr>().unwrap()];
         assert_eq!((ep.ifindex, ep.vni, ep.gw_mac), (7, 5, mac.0));
         assert_eq!(skipped.len(), 1);
-        assert!(skipped[0].contains("gone"));
+        assert_eq!(
+            skipped[0].item,
+            SkipItem::Endpoint("10.244.1.3".parse().unwrap())
+        );
+        assert!(skipped[0].to_string().contains("interface gone not found"));
 
         assert_eq!(t.remote_subnets.len(), 2);
         let r = t.remote_subnets[&"10.244.2.0/24".parse().unwrap()];
