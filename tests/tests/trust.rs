@@ -115,15 +115,23 @@ fn bad_etcd_entries_lose_no_packet_and_are_reported_with_their_key() {
         over,
         r#"{"name":"overlap","cidr":"10.244.128.0/17","subnet_len":24,"vni":9}"#,
     );
+    // A network over the underlay itself: refused, and it must not take
+    // every host's lease (whose underlay IP it holds) down with it.
+    let under = "/netfab/networks/under/config";
+    put(
+        under,
+        r#"{"name":"under","cidr":"100.64.0.0/16","subnet_len":24,"vni":10}"#,
+    );
     wait_logged(t, &all, dup);
     wait_logged(t, &all, over);
+    wait_logged(t, &all, under);
     for &h in &all {
         wait_for(
             "netfab status to list the offenders",
             Duration::from_secs(10),
             || {
                 let st = lab::read_status(t, h)?;
-                [dup, over, bad_leases[0].0.as_str()]
+                [dup, over, under, bad_leases[0].0.as_str()]
                     .iter()
                     .all(|k| st.rejected.iter().any(|r| r.key == *k))
                     .then_some(())

@@ -118,7 +118,9 @@ pub fn judge(snap: &Snapshot, keys: &Keys, ctx: &Context) -> Judged {
             }
         }
     }
-    let cidrs: Vec<Ipv4Net> = snap.networks.values().map(|n| n.cidr).collect();
+    // Only networks served here: a refused network (say, one written over
+    // the underlay) must not get every lease refused with it.
+    let cidrs: Vec<Ipv4Net> = out.networks.values().map(|n| n.cidr).collect();
     for (name, leases) in &snap.leases {
         let Some(net) = out.networks.get(name) else {
             continue;
@@ -209,6 +211,25 @@ mod tests {
         assert_eq!(reasons.len(), 2, "{reasons:?}");
         assert!(reasons[0].contains("networks/d/config") && reasons[0].contains("underlay"));
         assert!(reasons[1].contains("networks/a/config") && reasons[1].contains("VNI 1"));
+    }
+
+    #[test]
+    fn a_refused_network_over_the_underlay_does_not_take_the_leases_with_it() {
+        let j = judged(&[
+            ("/netfab/networks/a/config", cfg("a", "10.244.0.0/16", 1), 5),
+            (
+                "/netfab/networks/evil/config",
+                cfg("evil", "100.64.0.0/16", 2),
+                6,
+            ),
+            (
+                "/netfab/networks/a/leases/10.244.1.0-24",
+                lease("h1", "100.64.0.1"),
+                7,
+            ),
+        ]);
+        assert_eq!(j.networks.keys().collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(j.leases["a"].len(), 1, "{:?}", j.rejected);
     }
 
     #[test]
