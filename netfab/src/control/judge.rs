@@ -64,24 +64,20 @@ fn unusable_underlay(ip: Ipv4Addr, cidrs: &[Ipv4Net], ctx: &Context) -> Option<S
     Some(format!("underlay IP {ip} {why}"))
 }
 
-pub fn judge(snap: &Snapshot, keys: &Keys, ctx: &Context) -> Judged {
-    let mut out = Judged::default();
-    let created = |net: &str, sn: Option<Ipv4Net>| {
-        snap.created
-            .get(&(net.to_string(), sn))
-            .copied()
-            .unwrap_or(i64::MAX)
-    };
+/// The networks that may be served here, and the refused ones. Cheap
+/// (networks only): the agent asks it on every watch event.
+pub fn judge_networks(
+    snap: &Snapshot,
+    keys: &Keys,
+    ctx: &Context,
+) -> (BTreeMap<String, NetworkConfig>, Vec<BadEntry>) {
+    let mut ok: BTreeMap<String, NetworkConfig> = BTreeMap::new();
+    let mut rejected = Vec::new();
+    let age = |n: &str| snap.network_age.get(n).copied().unwrap_or(i64::MAX);
     let mut nets: Vec<&NetworkConfig> = snap.networks.values().collect();
-    let age = |n: &str| {
-        snap.network_age
-            .get(n)
-            .copied()
-            .unwrap_or_else(|| created(n, None))
-    };
     nets.sort_by_key(|n| (age(&n.name), n.name.clone()));
     for n in nets {
-        let clash = out.networks.values().find_map(|o| {
+        let clash = ok.values().find_map(|o| {
             if o.vni == n.vni {
                 Some(format!(
                     "VNI {} is already used by older network {}",
@@ -109,15 +105,31 @@ pub fn judge(snap: &Snapshot, keys: &Keys, ctx: &Context) -> Judged {
                 .map(|ip| format!("CIDR {} holds etcd endpoint {ip}", n.cidr))
         };
         match clash.or(local) {
-            Some(reason) => out.rejected.push(BadEntry {
+            Some(reason) => rejected.push(BadEntry {
                 key: keys.config(&n.name),
                 reason: format!("network {} refused: {reason}", n.name),
             }),
             None => {
-                out.networks.insert(n.name.clone(), n.clone());
+                ok.insert(n.name.clone(), n.clone());
             }
         }
     }
+    (ok, rejected)
+}
+
+pub fn judge(snap: &Snapshot, keys: &Keys, ctx: &Context) -> Judged {
+    let (networks, rejected) = judge_networks(snap, keys, ctx);
+    let mut out = Judged {
+        networks,
+        rejected,
+        ..Default::default()
+    };
+    let created = |net: &str, sn: Ipv4Net| {
+        snap.created
+            .get(&(net.to_string(), sn))
+            .copied()
+            .unwrap_or(i64::MAX)
+    };
     // Only networks served here: a refused network (say, one written over
     // the underlay) must not get every lease refused with it.
     let cidrs: Vec<Ipv4Net> = out.networks.values().map(|n| n.cidr).collect();
@@ -126,7 +138,7 @@ pub fn judge(snap: &Snapshot, keys: &Keys, ctx: &Context) -> Judged {
             continue;
         };
         let mut order: Vec<(&Ipv4Net, &SubnetLease)> = leases.iter().collect();
-        order.sort_by_key(|(sn, _)| (created(name, Some(**sn)), **sn));
+        order.sort_by_key(|(sn, _)| (created(name, **sn), **sn));
         let accepted = out.leases.entry(name.clone()).or_default();
         for (sn, l) in order {
             let reason = if !net.cidr.contains(sn) || sn.prefix_len() != net.subnet_len {

@@ -477,8 +477,8 @@ impl<'a, D: Dataplane> Controller<'a, D> {
         let Some(snap) = &self.snap else {
             return Vec::new();
         };
-        self.view()
-            .networks
+        judge::judge_networks(snap, &self.keys, &self.judge_ctx())
+            .0
             .into_values()
             .filter(|n| !snap.orphaned.contains(&n.name))
             .collect()
@@ -516,7 +516,7 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                         .entry(net.name.clone())
                         .or_default()
                         .insert(sn, self.me.clone());
-                    snap.created.insert((net.name.clone(), Some(sn)), rev);
+                    snap.created.insert((net.name.clone(), sn), rev);
                 }
                 Err(e) => error!("network {}: {e:#}", net.name),
             }
@@ -598,7 +598,12 @@ impl<'a, D: Dataplane> Controller<'a, D> {
     }
 
     fn note_bad(&mut self, b: BadEntry) {
-        self.bad_keys.insert(b.key.clone(), b.reason.clone());
+        self.log_once(&b);
+        self.bad_keys.insert(b.key, b.reason);
+    }
+
+    /// Each offender is logged once per reason, not at every apply.
+    fn log_once(&mut self, b: &BadEntry) {
         if self.reported.insert((b.key.clone(), b.reason.clone())) {
             error!("skipping {}: {}", b.key, b.reason);
         }
@@ -614,10 +619,9 @@ impl<'a, D: Dataplane> Controller<'a, D> {
                 if l.node == self.me.node {
                     continue;
                 }
-                // A live lease supersedes whatever overlapping subnet we kept.
-                self.seen.retain(|(n, s), _| {
-                    !(n == net && s != sn && (s.contains(sn) || sn.contains(s)))
-                });
+                // A live lease replaces what we kept for its subnet (every
+                // served lease of a network has the network's prefix length,
+                // so an overlapping subnet is the same key).
                 self.seen.insert((net.clone(), *sn), (l.clone(), None));
             }
         }
@@ -646,9 +650,7 @@ impl<'a, D: Dataplane> Controller<'a, D> {
         }
         let view = self.view();
         for b in &view.rejected {
-            if self.reported.insert((b.key.clone(), b.reason.clone())) {
-                error!("skipping {}: {}", b.key, b.reason);
-            }
+            self.log_once(b);
         }
         let retained = self.retained(&view);
         let held: BTreeMap<String, Ipv4Net> = self

@@ -27,9 +27,9 @@ pub struct Snapshot {
     pub leases: BTreeMap<String, BTreeMap<Ipv4Net, SubnetLease>>,
     /// Per network: node -> the subnet it last held.
     pub remembered: BTreeMap<String, BTreeMap<String, Ipv4Net>>,
-    /// Create revision of each config (`(net, None)`) and lease
-    /// (`(net, Some(subnet))`): who was first decides conflicts.
-    pub created: BTreeMap<(String, Option<Ipv4Net>), i64>,
+    /// Create revision of each lease: who was first decides conflicts, and
+    /// a lease changes hands only with a new one.
+    pub created: BTreeMap<(String, Ipv4Net), i64>,
     /// Networks whose config is gone from the store but which still have
     /// leases: served with their last good config.
     pub orphaned: BTreeSet<String>,
@@ -86,9 +86,6 @@ impl Snapshot {
             for (net, cfg) in &p.networks {
                 if !s.networks.contains_key(net) && s.has_leases(net) {
                     s.networks.insert(net.clone(), cfg.clone());
-                    if let Some(r) = p.created.get(&(net.clone(), None)) {
-                        s.created.insert((net.clone(), None), *r);
-                    }
                     s.orphaned.insert(net.clone());
                     bad.push(BadEntry {
                         key: keys.config(net),
@@ -105,10 +102,7 @@ impl Snapshot {
         match keys.parse(key) {
             Some(KeyKind::Config { net }) => {
                 if let Some(c) = prev.networks.get(&net) {
-                    self.networks.insert(net.clone(), c.clone());
-                    if let Some(r) = prev.created.get(&(net.clone(), None)) {
-                        self.created.insert((net, None), *r);
-                    }
+                    self.networks.insert(net, c.clone());
                 }
             }
             Some(KeyKind::Lease { net, subnet }) => {
@@ -120,8 +114,8 @@ impl Snapshot {
                         .entry(net.clone())
                         .or_default()
                         .insert(sn, l.clone());
-                    if let Some(r) = prev.created.get(&(net.clone(), Some(sn))) {
-                        self.created.insert((net, Some(sn)), *r);
+                    if let Some(r) = prev.created.get(&(net.clone(), sn)) {
+                        self.created.insert((net, sn), *r);
                     }
                 }
             }
@@ -187,7 +181,6 @@ impl Snapshot {
                     }
                 }
                 self.orphaned.remove(&net);
-                self.created.insert((net.clone(), None), created);
                 self.networks.insert(net, c);
                 Ok(())
             }
@@ -197,7 +190,7 @@ impl Snapshot {
                 let old = self.leases.get(&net).and_then(|m| m.get(&sn));
                 let l = serde_json::from_slice::<SubnetLease>(value)
                     .map_err(|e| format!("invalid lease: {e}{}", kept(old.is_some())))?;
-                let old_created = self.created.get(&(net.clone(), Some(sn))).copied();
+                let old_created = self.created.get(&(net.clone(), sn)).copied();
                 if let Some(o) = old.filter(|o| o.node != l.node) {
                     if old_created == Some(created) {
                         return Err(format!(
@@ -209,7 +202,7 @@ impl Snapshot {
                         ));
                     }
                 }
-                self.created.insert((net.clone(), Some(sn)), created);
+                self.created.insert((net.clone(), sn), created);
                 self.leases.entry(net).or_default().insert(sn, l);
                 Ok(())
             }
@@ -237,19 +230,18 @@ impl Snapshot {
                 }
                 self.networks.remove(&net);
                 self.network_age.remove(&net);
-                self.created.remove(&(net, None));
             }
             KeyKind::Lease { net, subnet } => {
                 if let (Some(m), Some(sn)) = (self.leases.get_mut(&net), parse_subnet_key(&subnet))
                 {
                     m.remove(&sn);
-                    self.created.remove(&(net.clone(), Some(sn)));
+                    self.created.remove(&(net.clone(), sn));
                 }
                 // The last lease of an orphaned network is gone: so is it.
                 if self.orphaned.contains(&net) && !self.has_leases(&net) {
                     self.orphaned.remove(&net);
                     self.networks.remove(&net);
-                    self.created.remove(&(net, None));
+                    self.network_age.remove(&net);
                 }
             }
             KeyKind::Node { net, node } => {
