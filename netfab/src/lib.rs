@@ -27,7 +27,6 @@
 pub mod addr;
 pub mod agent;
 pub mod cni;
-pub mod control;
 pub mod dataplane;
 pub mod endpoints;
 pub mod ipam;

@@ -19,10 +19,11 @@ use serde_json::Value;
 use self::types::{code, AddResult, CniError, Interface, NetConf, SUPPORTED};
 use crate::{
     addr::GATEWAY_MAC,
-    control::{status::Status, LeaseFile},
+    agent::status::Status,
     endpoints::{self, LocalEndpoint},
     ipam::{Allocation, Ipam, IpamError},
     netlink::Netlink,
+    rundir::LeaseFile,
 };
 
 /// The CNI_* environment, as the runtime set it.

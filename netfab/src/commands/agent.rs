@@ -5,8 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use log::{info, warn};
 use netfab::{
-    agent::{self, AgentConfig},
-    control::{status, ControlConfig, Controller},
+    agent::{self, fabric, statefile::StateFile, status, LoopConfig},
     dataplane::{
         ebpf::object,
         select::{self, Choice},
@@ -14,6 +13,7 @@ use netfab::{
     },
     netlink::Netlink,
     netns, stats,
+    store::etcd::EtcdSubnets,
 };
 
 use super::{node_name, pin_dir, runtime, shutdown_signal, EtcdArgs, HostArgs};
@@ -73,6 +73,11 @@ pub struct AgentArgs {
     /// Log every datapath drop (the per-reason counters always count).
     #[arg(long)]
     log_drops: bool,
+    /// Give this host's leases up at once when the agent stops (a node
+    /// leaving for good). By default they run out their TTL, so a restarted
+    /// agent takes them over without a moment of absence.
+    #[arg(long)]
+    release_on_exit: bool,
     /// Seconds between full resyncs that repair drift (fractions allowed).
     #[arg(long, default_value_t = 10.0)]
     resync_secs: f64,
@@ -110,24 +115,24 @@ pub fn run(a: AgentArgs) -> Result<()> {
             "node {node}: dataplane {}, underlay {underlay_net}, container MTU {container_mtu}",
             dp.name()
         );
-        if let Some(state_file) = a.state_file {
-            let cfg = AgentConfig {
-                state_file,
-                resync,
-                poll: Duration::from_millis(200),
-                node,
-                status_file: Some(status_file),
-                dataplane_reason: sel.reason,
-                underlay_net: Some(underlay_net),
-                container_mtu,
-            };
-            return agent::run(cfg, &mut dp, shutdown_signal()).await;
-        }
         if let Some(dir) = status_file.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        let lc = LoopConfig {
+            node: node.clone(),
+            resync,
+            status_file: Some(status_file),
+            dataplane_reason: sel.reason,
+            underlay_net: Some(underlay_net),
+            container_mtu,
+        };
+        if let Some(state_file) = a.state_file {
+            info!("state-file mode: the desired state comes from {}", state_file.display());
+            let mut src = StateFile::new(state_file, Duration::from_millis(200));
+            return agent::run(&lc, &mut src, &mut dp, shutdown_signal()).await;
+        }
         let etcd = a.etcd.config();
-        let etcd_addrs = super::etcd_addrs(&etcd.endpoints)?;
+        let store_addrs = super::etcd_addrs(&etcd.endpoints)?;
         if etcd.endpoints.iter().any(|e| !e.starts_with("https://")) || etcd.ca.is_none() {
             warn!(
                 "etcd is reached over plain HTTP ({}): anyone who can reach it can rewrite the \
@@ -135,26 +140,25 @@ pub fn run(a: AgentArgs) -> Result<()> {
                 etcd.endpoints.join(",")
             );
         }
-        let cfg = ControlConfig {
-            etcd,
-            etcd_addrs,
-            lease_grace: Duration::from_secs(a.lease_grace_secs),
-            log_drops: a.log_drops,
-            ipam_dir: a.ipam_dir,
+        let fc = fabric::FabricConfig {
             node,
             underlay_interface: a.underlay_interface,
-            underlay_ip: underlay_net.addr(),
+            underlay_net,
+            dataplane: dp.name().to_string(),
             lease_ttl: a.lease_ttl,
-            resync,
+            relist: resync,
             endpoints_file,
             lease_file: Some(lease_file),
-            status_file: Some(status_file),
-            dataplane_reason: sel.reason,
-            underlay_net: Some(underlay_net),
             container_mtu,
             masquerade: a.ip_masq,
+            lease_grace: Duration::from_secs(a.lease_grace_secs),
+            store_addrs,
+            log_drops: a.log_drops,
+            ipam_dir: a.ipam_dir,
+            release_on_exit: a.release_on_exit,
         };
-        Controller::new(cfg, &mut dp).run(shutdown_signal()).await
+        let mut src = fabric::Fabric::new(fc, EtcdSubnets::new(etcd));
+        agent::run(&lc, &mut src, &mut dp, shutdown_signal()).await
     })
 }
 

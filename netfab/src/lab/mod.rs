@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 
 pub use self::procs::netfab_binary;
 use self::topology::{Control, HostSubnet, Topology};
-use crate::{control::LeaseFile, dataplane::ebpf::DEFAULT_PIN_ROOT};
+use crate::{dataplane::ebpf::DEFAULT_PIN_ROOT, rundir::LeaseFile};
 
 pub const STATE_ROOT: &str = "/run/netfab-lab";
 
@@ -305,7 +305,7 @@ fn status_path(name: &str, h: u32) -> PathBuf {
 }
 
 /// What host `h`'s agent last reported (`netfab status`).
-pub fn read_status(topo: &Topology, h: u32) -> Option<crate::control::status::Status> {
+pub fn read_status(topo: &Topology, h: u32) -> Option<crate::agent::status::Status> {
     serde_json::from_str(&std::fs::read_to_string(status_path(&topo.name, h)).ok()?).ok()
 }
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 
-use super::{KeyKind, Keys};
+use super::{KeyKind, Keys, Naming};
 use crate::{
     lease::{parse_subnet_key, SubnetLease},
     network::NetworkConfig,
@@ -50,13 +50,16 @@ pub struct BadEntry {
 /// One listed key: name, value, create revision.
 pub type ListedKv<'a> = (&'a str, &'a [u8], i64);
 
+/// One listed record: what it is, value, create revision.
+pub type Listed<'a> = (&'a KeyKind, &'a [u8], i64);
+
 impl Snapshot {
     /// Builds the view from a full listing. With `prev` (the view before a
     /// re-list), last good values survive bad ones exactly as they do for
     /// watch events.
-    pub fn from_kvs<'a>(
-        keys: &Keys,
-        kvs: impl IntoIterator<Item = ListedKv<'a>>,
+    pub fn from_records<'a>(
+        names: &dyn Naming,
+        records: impl IntoIterator<Item = Listed<'a>>,
         revision: i64,
         prev: Option<&Snapshot>,
     ) -> (Self, Vec<BadEntry>) {
@@ -65,13 +68,13 @@ impl Snapshot {
             ..Default::default()
         };
         let mut bad = Vec::new();
-        for (k, v, created) in kvs {
+        for (r, v, created) in records {
             if let Some(p) = prev {
-                s.seed(p, keys, k);
+                s.seed(p, r);
             }
-            if let Err(reason) = s.put(keys, k, v, created) {
+            if let Err(reason) = s.put(r, v, created) {
                 bad.push(BadEntry {
-                    key: k.to_string(),
+                    key: names.name(r),
                     reason,
                 });
             }
@@ -88,7 +91,7 @@ impl Snapshot {
                     s.networks.insert(net.clone(), cfg.clone());
                     s.orphaned.insert(net.clone());
                     bad.push(BadEntry {
-                        key: keys.config(net),
+                        key: names.name(&KeyKind::Config { net: net.clone() }),
                         reason: ORPHAN_REASON.into(),
                     });
                 }
@@ -97,25 +100,45 @@ impl Snapshot {
         (s, bad)
     }
 
-    /// Copies `prev`'s good value for `key`, so a bad value can fall back to it.
-    fn seed(&mut self, prev: &Snapshot, keys: &Keys, key: &str) {
-        match keys.parse(key) {
-            Some(KeyKind::Config { net }) => {
-                if let Some(c) = prev.networks.get(&net) {
-                    self.networks.insert(net, c.clone());
+    /// Builds the view from a listing of etcd keys (keys outside the layout
+    /// are ignored).
+    pub fn from_kvs<'a>(
+        keys: &Keys,
+        kvs: impl IntoIterator<Item = ListedKv<'a>>,
+        revision: i64,
+        prev: Option<&Snapshot>,
+    ) -> (Self, Vec<BadEntry>) {
+        let parsed: Vec<(KeyKind, &[u8], i64)> = kvs
+            .into_iter()
+            .filter_map(|(k, v, c)| Some((keys.parse(k)?, v, c)))
+            .collect();
+        Self::from_records(
+            keys,
+            parsed.iter().map(|(r, v, c)| (r, *v, *c)),
+            revision,
+            prev,
+        )
+    }
+
+    /// Copies `prev`'s good value for `r`, so a bad value can fall back to it.
+    fn seed(&mut self, prev: &Snapshot, r: &KeyKind) {
+        match r {
+            KeyKind::Config { net } => {
+                if let Some(c) = prev.networks.get(net) {
+                    self.networks.insert(net.clone(), c.clone());
                 }
             }
-            Some(KeyKind::Lease { net, subnet }) => {
-                let Some(sn) = parse_subnet_key(&subnet) else {
+            KeyKind::Lease { net, subnet } => {
+                let Some(sn) = parse_subnet_key(subnet) else {
                     return;
                 };
-                if let Some(l) = prev.leases.get(&net).and_then(|m| m.get(&sn)) {
+                if let Some(l) = prev.leases.get(net).and_then(|m| m.get(&sn)) {
                     self.leases
                         .entry(net.clone())
                         .or_default()
                         .insert(sn, l.clone());
                     if let Some(r) = prev.created.get(&(net.clone(), sn)) {
-                        self.created.insert((net, sn), *r);
+                        self.created.insert((net.clone(), sn), *r);
                     }
                 }
             }
@@ -129,16 +152,8 @@ impl Snapshot {
 
     /// Applies a put with the key's create revision. On a bad value the last
     /// good one (if any) stays and the reason is returned.
-    pub fn put(
-        &mut self,
-        keys: &Keys,
-        key: &str,
-        value: &[u8],
-        created: i64,
-    ) -> Result<(), String> {
-        let Some(kind) = keys.parse(key) else {
-            return Ok(()); // not ours to interpret
-        };
+    pub fn put(&mut self, record: &KeyKind, value: &[u8], created: i64) -> Result<(), String> {
+        let kind = record.clone();
         let kept = |old: bool| {
             if old {
                 "; keeping the last good value"
@@ -218,13 +233,13 @@ impl Snapshot {
     }
 
     /// Applies a delete. Returns a report when a config is kept as orphaned.
-    pub fn delete(&mut self, keys: &Keys, key: &str) -> Option<BadEntry> {
-        match keys.parse(key)? {
+    pub fn delete(&mut self, names: &dyn Naming, record: &KeyKind) -> Option<BadEntry> {
+        match record.clone() {
             KeyKind::Config { net } => {
                 if self.has_leases(&net) && self.networks.contains_key(&net) {
                     self.orphaned.insert(net);
                     return Some(BadEntry {
-                        key: key.to_string(),
+                        key: names.name(record),
                         reason: ORPHAN_REASON.into(),
                     });
                 }
@@ -276,6 +291,20 @@ mod tests {
     const KEY: &str = "/netfab/networks/default/leases/10.244.1.0-24";
     const CFG: &str = "/netfab/networks/default/config";
 
+    /// Tests name records by their etcd keys.
+    trait ByKey {
+        fn put_key(&mut self, k: &Keys, key: &str, v: &[u8], c: i64) -> Result<(), String>;
+        fn delete_key(&mut self, k: &Keys, key: &str) -> Option<BadEntry>;
+    }
+    impl ByKey for Snapshot {
+        fn put_key(&mut self, k: &Keys, key: &str, v: &[u8], c: i64) -> Result<(), String> {
+            self.put(&k.parse(key).unwrap(), v, c)
+        }
+        fn delete_key(&mut self, k: &Keys, key: &str) -> Option<BadEntry> {
+            self.delete(k, &k.parse(key).unwrap())
+        }
+    }
+
     #[test]
     fn builds_from_a_listing_and_skips_bad_entries_with_their_key() {
         let k = Keys::new("/netfab");
@@ -321,11 +350,11 @@ mod tests {
     fn a_bad_update_keeps_the_last_good_value_and_a_delete_removes_it() {
         let k = Keys::new("/netfab");
         let mut s = Snapshot::default();
-        s.put(&k, KEY, LEASE.as_bytes(), 5).unwrap();
-        let e = s.put(&k, KEY, b"[]", 5).unwrap_err();
+        s.put_key(&k, KEY, LEASE.as_bytes(), 5).unwrap();
+        let e = s.put_key(&k, KEY, b"[]", 5).unwrap_err();
         assert!(e.contains("keeping the last good value"), "{e}");
         assert_eq!(s.leases["default"].len(), 1);
-        s.delete(&k, KEY);
+        s.delete_key(&k, KEY);
         assert!(s.leases["default"].is_empty());
     }
 
@@ -333,17 +362,17 @@ mod tests {
     fn a_lease_changes_hands_only_by_re_creation() {
         let k = Keys::new("/netfab");
         let mut s = Snapshot::default();
-        s.put(&k, KEY, LEASE.as_bytes(), 5).unwrap();
+        s.put_key(&k, KEY, LEASE.as_bytes(), 5).unwrap();
         // Overwritten in place (same create revision): refused.
-        let e = s.put(&k, KEY, LEASE_H2.as_bytes(), 5).unwrap_err();
+        let e = s.put_key(&k, KEY, LEASE_H2.as_bytes(), 5).unwrap_err();
         assert!(e.contains("rewritten in place"), "{e}");
         assert_eq!(
             s.held_by("default", "h1").map(|n| n.to_string()),
             Some("10.244.1.0/24".into())
         );
         // Deleted and created again by another node: accepted.
-        s.delete(&k, KEY);
-        s.put(&k, KEY, LEASE_H2.as_bytes(), 9).unwrap();
+        s.delete_key(&k, KEY);
+        s.put_key(&k, KEY, LEASE_H2.as_bytes(), 9).unwrap();
         assert!(s.held_by("default", "h2").is_some());
     }
 
@@ -351,18 +380,18 @@ mod tests {
     fn network_configs_are_immutable_in_place_and_kept_while_leased() {
         let k = Keys::new("/netfab");
         let mut s = Snapshot::default();
-        s.put(&k, CFG, NET.as_bytes(), 1).unwrap();
+        s.put_key(&k, CFG, NET.as_bytes(), 1).unwrap();
         let moved = br#"{"name":"default","cidr":"10.250.0.0/16","subnet_len":24,"vni":1}"#;
         assert!(s
-            .put(&k, CFG, moved, 1)
+            .put_key(&k, CFG, moved, 1)
             .unwrap_err()
             .contains("cannot change"));
         assert_eq!(s.networks["default"].cidr.to_string(), "10.244.0.0/16");
-        assert!(s.put(&k, CFG, b"garbage", 1).is_err());
+        assert!(s.put_key(&k, CFG, b"garbage", 1).is_err());
         assert_eq!(s.networks["default"].cidr.to_string(), "10.244.0.0/16");
         // Deleted while a lease exists: kept, reported.
-        s.put(&k, KEY, LEASE.as_bytes(), 2).unwrap();
-        assert!(s.delete(&k, CFG).is_some());
+        s.put_key(&k, KEY, LEASE.as_bytes(), 2).unwrap();
+        assert!(s.delete_key(&k, CFG).is_some());
         assert!(s.networks.contains_key("default"));
         // A re-list without the config keeps it too.
         let kvs: Vec<ListedKv> = vec![(KEY, LEASE.as_bytes(), 2)];
@@ -370,10 +399,10 @@ mod tests {
         assert!(r.networks.contains_key("default"));
         assert_eq!(bad.len(), 1);
         // Back again: no longer orphaned. Its last lease gone while orphaned: removed.
-        s.put(&k, CFG, NET.as_bytes(), 11).unwrap();
+        s.put_key(&k, CFG, NET.as_bytes(), 11).unwrap();
         assert!(s.orphaned.is_empty());
-        s.delete(&k, CFG);
-        s.delete(&k, KEY);
+        s.delete_key(&k, CFG);
+        s.delete_key(&k, KEY);
         assert!(!s.networks.contains_key("default"));
     }
 

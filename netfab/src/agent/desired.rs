@@ -129,7 +129,7 @@ pub fn desired_state(
 mod tests {
     use super::*;
     use crate::{
-        control::judge,
+        agent::judge,
         store::{Keys, Snapshot},
     };
 

@@ -18,7 +18,7 @@ use ipnet::Ipv4Net;
 use crate::{
     lease::SubnetLease,
     network::NetworkConfig,
-    store::{snapshot::BadEntry, Keys, Snapshot},
+    store::{snapshot::BadEntry, KeyKind, Naming, Snapshot},
 };
 
 /// What this host knows that makes an entry dangerous here.
@@ -68,7 +68,7 @@ fn unusable_underlay(ip: Ipv4Addr, cidrs: &[Ipv4Net], ctx: &Context) -> Option<S
 /// (networks only): the agent asks it on every watch event.
 pub fn judge_networks(
     snap: &Snapshot,
-    keys: &Keys,
+    names: &dyn Naming,
     ctx: &Context,
 ) -> (BTreeMap<String, NetworkConfig>, Vec<BadEntry>) {
     let mut ok: BTreeMap<String, NetworkConfig> = BTreeMap::new();
@@ -106,7 +106,9 @@ pub fn judge_networks(
         };
         match clash.or(local) {
             Some(reason) => rejected.push(BadEntry {
-                key: keys.config(&n.name),
+                key: names.name(&KeyKind::Config {
+                    net: n.name.clone(),
+                }),
                 reason: format!("network {} refused: {reason}", n.name),
             }),
             None => {
@@ -117,8 +119,8 @@ pub fn judge_networks(
     (ok, rejected)
 }
 
-pub fn judge(snap: &Snapshot, keys: &Keys, ctx: &Context) -> Judged {
-    let (networks, rejected) = judge_networks(snap, keys, ctx);
+pub fn judge(snap: &Snapshot, names: &dyn Naming, ctx: &Context) -> Judged {
+    let (networks, rejected) = judge_networks(snap, names, ctx);
     let mut out = Judged {
         networks,
         rejected,
@@ -156,7 +158,10 @@ pub fn judge(snap: &Snapshot, keys: &Keys, ctx: &Context) -> Judged {
             };
             match reason {
                 Some(r) => out.rejected.push(BadEntry {
-                    key: keys.lease(name, sn),
+                    key: names.name(&KeyKind::Lease {
+                        net: name.clone(),
+                        subnet: crate::lease::subnet_key(sn),
+                    }),
                     reason: format!("lease of node {} refused: {r}", l.node),
                 }),
                 None => {
@@ -171,7 +176,7 @@ pub fn judge(snap: &Snapshot, keys: &Keys, ctx: &Context) -> Judged {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::snapshot::ListedKv;
+    use crate::store::{snapshot::ListedKv, Keys};
 
     fn lease(node: &str, ip: &str) -> String {
         format!(

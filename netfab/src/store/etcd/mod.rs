@@ -2,7 +2,11 @@
 //! listing into a [`Snapshot`], and the lease transactions of
 //! [`crate::lease`]'s protocol. Every call carries a deadline, so a host cut
 //! off from etcd sees errors within seconds instead of hanging.
+//! [`EtcdSubnets`] is the agent's [`SubnetStore`](super::SubnetStore) on top.
+mod subnets;
+
 use std::{path::PathBuf, time::Duration};
+pub use subnets::EtcdSubnets;
 
 use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::{
@@ -12,7 +16,7 @@ use etcd_client::{
 use ipnet::Ipv4Net;
 use log::warn;
 
-use super::{snapshot::BadEntry, Keys, Snapshot};
+use super::{snapshot::BadEntry, Keys, Listing, Snapshot};
 use crate::{
     lease::{candidates, SubnetLease},
     network::NetworkConfig,
@@ -90,9 +94,8 @@ impl EtcdStore {
         })
     }
 
-    /// Everything under the prefix, parsed; bad entries are returned, not
-    /// fatal. With `prev`, last good values outlive bad ones.
-    pub async fn snapshot(&mut self, prev: Option<&Snapshot>) -> Result<(Snapshot, Vec<BadEntry>)> {
+    /// Every record under the prefix (keys outside the layout are ignored).
+    pub async fn list(&mut self) -> Result<Listing> {
         let root = self.keys.root();
         let resp = deadline(
             "list",
@@ -100,24 +103,26 @@ impl EtcdStore {
             self.client.get(root, Some(GetOptions::new().with_prefix())),
         )
         .await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let kvs: Vec<(String, Vec<u8>, i64)> = resp
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let records = resp
             .kvs()
             .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                Some((
+                    self.keys.parse(&key)?,
                     kv.value().to_vec(),
                     kv.create_revision(),
-                )
+                ))
             })
             .collect();
-        Ok(Snapshot::from_kvs(
-            &self.keys,
-            kvs.iter().map(|(k, v, c)| (k.as_str(), v.as_slice(), *c)),
-            rev,
-            prev,
-        ))
+        Ok(Listing { records, revision })
+    }
+
+    /// Everything under the prefix as a view; bad entries are returned, not
+    /// fatal. With `prev`, last good values outlive bad ones.
+    pub async fn snapshot(&mut self, prev: Option<&Snapshot>) -> Result<(Snapshot, Vec<BadEntry>)> {
+        Ok(self.list().await?.snapshot(&self.keys, prev))
     }
 
     /// Validates against the existing networks, then creates the config only
@@ -175,6 +180,17 @@ impl EtcdStore {
         )
         .await?
         .id())
+    }
+
+    /// Ends etcd lease `lease` now: every key bound to it goes at once.
+    pub async fn revoke(&mut self, lease: i64) -> Result<()> {
+        deadline(
+            "lease revoke",
+            self.timeout,
+            self.client.lease_revoke(lease),
+        )
+        .await?;
+        Ok(())
     }
 
     pub async fn keep_alive(

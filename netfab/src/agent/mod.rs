@@ -1,0 +1,188 @@
+//! The agent: one loop for every mode. A [`Source`] says what this host
+//! should look like (a state file, or the cluster store through
+//! [`fabric::Fabric`]); the loop hands it to the [`Dataplane`], and writes
+//! the typed report to the status file.
+//!
+//! ```text
+//! Source::desired -> DesiredState -> Dataplane::apply -> ApplyReport
+//!     -> status::build (+ Source::context) -> status.json
+//! ```
+//!
+//! It applies when the source says something changed and at every resync
+//! (which repairs kernel drift: an entry deleted by hand, a detached link).
+//! Until the source knows the desired state (no store listing yet) the
+//! dataplane is not touched, so an agent restarted during an outage keeps
+//! forwarding with what the pinned maps hold. On shutdown the dataplane
+//! stays: traffic keeps flowing while no agent runs.
+pub mod desired;
+pub mod fabric;
+pub mod grace;
+pub mod judge;
+pub mod own;
+pub mod statefile;
+pub mod status;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    future::Future,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use ipnet::Ipv4Net;
+use log::{error, info, warn};
+
+use crate::{
+    dataplane::{ApplyReport, Dataplane},
+    state::DesiredState,
+    store::Snapshot,
+};
+
+/// What every mode shares.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    pub node: String,
+    /// Full re-apply interval (drift repair).
+    pub resync: Duration,
+    /// Where `netfab status` reads what the agent is doing.
+    pub status_file: Option<PathBuf>,
+    /// Why this dataplane was chosen (shown by `netfab status`).
+    pub dataplane_reason: String,
+    pub underlay_net: Option<Ipv4Net>,
+    /// MTU containers on this host must use.
+    pub container_mtu: u32,
+}
+
+/// What a source knows beyond the desired state, for `netfab status`.
+#[derive(Default)]
+pub struct StatusContext<'a> {
+    /// The cluster view (who owns which subnet); none without a store.
+    pub snap: Option<&'a Snapshot>,
+    pub connected: bool,
+    pub rejected: Vec<status::Rejected>,
+    /// Retained peers: subnet, node, seconds since its lease went.
+    pub retained: Vec<(Ipv4Net, String, u64)>,
+}
+
+/// Where the desired state comes from.
+#[allow(async_fn_in_trait)]
+pub trait Source {
+    /// Upkeep before the loop decides whether to apply: reload local files,
+    /// (re)connect, periodic re-list. Returns whether the desired state may
+    /// have changed.
+    async fn refresh(&mut self) -> bool;
+    /// Waits for the next change or tick and takes it in. Returns whether
+    /// the desired state may have changed. Dropped only at shutdown.
+    async fn wait(&mut self) -> bool;
+    /// The desired state now; `None` while it is not known yet.
+    fn desired(&mut self) -> Option<DesiredState>;
+    fn context(&self) -> StatusContext<'_>;
+    /// After each apply attempt (say, to publish what was leased).
+    fn applied(&mut self) {}
+    async fn shutdown(&mut self) {}
+}
+
+/// Runs until `shutdown` completes.
+pub async fn run<S: Source, D: Dataplane>(
+    cfg: &LoopConfig,
+    source: &mut S,
+    dp: &mut D,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    tokio::pin!(shutdown);
+    let mut last_apply: Option<Instant> = None;
+    let mut dirty = true;
+    let mut applies = 0u64;
+    loop {
+        dirty |= source.refresh().await;
+        let due = last_apply.is_none_or(|t| t.elapsed() >= cfg.resync);
+        if dirty || due {
+            if let Some(state) = source.desired() {
+                match state.validate() {
+                    Err(e) => error!("computed state is inconsistent, not applied: {e}"),
+                    Ok(()) => {
+                        applies += 1;
+                        match dp.apply(&state).await {
+                            Ok(r) => {
+                                log_report(&state, &r);
+                                write_status(cfg, dp.name(), source, &state, &r, applies);
+                            }
+                            Err(e) => error!("apply failed: {e:#}"),
+                        }
+                    }
+                }
+                source.applied();
+                last_apply = Some(Instant::now());
+                dirty = false;
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("shutting down; the dataplane stays in place");
+                source.shutdown().await;
+                // Nobody is answering for this host any more.
+                if let Some(p) = &cfg.status_file {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Ok(());
+            }
+            changed = source.wait() => dirty |= changed,
+        }
+    }
+}
+
+fn log_report(state: &DesiredState, r: &ApplyReport) {
+    for sk in &r.skipped {
+        warn!("not programmed yet: {sk}");
+    }
+    for rf in &r.refused {
+        error!("{rf}");
+    }
+    if r.map_upserts + r.map_removals > 0 {
+        info!(
+            "applied: {} map upserts, {} removals, {} remotes, {} endpoints",
+            r.map_upserts,
+            r.map_removals,
+            state.remotes.len(),
+            state.endpoints.len()
+        );
+    }
+}
+
+fn write_status<S: Source>(
+    cfg: &LoopConfig,
+    dataplane: &str,
+    source: &S,
+    state: &DesiredState,
+    report: &ApplyReport,
+    applies: u64,
+) {
+    let Some(path) = &cfg.status_file else {
+        return;
+    };
+    let ctx = source.context();
+    let empty = Snapshot::default();
+    let st = status::build(
+        status::StatusInput {
+            node: &cfg.node,
+            dataplane,
+            reason: &cfg.dataplane_reason,
+            underlay: cfg.underlay_net,
+            container_mtu: cfg.container_mtu,
+            snap: ctx.snap.unwrap_or(&empty),
+            state,
+            report,
+            etcd_connected: ctx.connected,
+            rejected: ctx.rejected,
+            retained: ctx.retained,
+            applies,
+        },
+        status::now_secs(),
+    );
+    if let Err(e) = status::write(path, &st) {
+        error!("writing status file: {e:#}");
+    }
+}
