@@ -6,4 +6,4 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 bash scripts/setup.sh
 cargo xtask build
-./target/debug/netfab lab run --name nf --hosts "${HOSTS:-2}" --containers "${CONTAINERS:-2}" "$@"
+./target/debug/netfab-lab run --name nf --hosts "${HOSTS:-2}" --containers "${CONTAINERS:-2}" "$@"

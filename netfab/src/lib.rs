@@ -1,19 +1,21 @@
 //! netfab: per-host container subnets routed by eBPF over a VXLAN fabric.
 //!
-//! The agent is a pipeline; each arrow is a module, in the order data flows:
+//! The agent is one loop; each arrow is a module, in the order data flows:
 //!
 //! ```text
-//! etcd -> store (Snapshot: last good values) -> control::judge (each entry
-//!     on its own) -> control::desired (+ retained peers) -> state
-//!     -> dataplane::{ebpf, vxlan, hostgw} (ebpf: tables -> reconcile -> maps,
-//!        attach) -> kernel -> ApplyReport -> control::status -> status.json
-//! state file (etcd-less mode) -> state -> the same dataplanes -> status.json
+//! store (SubnetStore: etcd | memory) -> LeaseEvent -> store::Snapshot (last
+//!     good values) -> agent::judge (each entry on its own) -> agent::desired
+//!     (+ agent::grace, agent::own) = agent::fabric, a Source
+//! state file = agent::statefile, the other Source
+//!     -> DesiredState -> dataplane::{ebpf, vxlan, hostgw} (ebpf: tables ->
+//!        reconcile -> maps, attach) -> kernel -> ApplyReport
+//!     -> agent::status -> rundir (status.json) -> netfab status, CNI ADD
 //! ```
 //!
-//! - [`store`]: etcd key layout, the cached view (`Snapshot`), the client.
-//! - [`control`]: the etcd-mode agent: leases, ownership of our own keys,
-//!   judging entries ([`control::judge`]), desired state, status.
-//! - [`agent`]: the state-file-mode loop.
+//! - [`store`]: the seam to the cluster store ([`store::SubnetStore`], typed
+//!   [`store::LeaseEvent`]s), the cached view ([`store::Snapshot`]), etcd.
+//! - [`agent`]: the one loop ([`agent::run`]) and its sources; judging,
+//!   desired state, grace for vanished peers, our own lease records, status.
 //! - [`state`]: the desired state of one host and its validation.
 //! - [`dataplane`]: backends behind one trait, [`dataplane::kind`] names
 //!   them; [`dataplane::ebpf`] loads the TC programs, pins maps and links;
@@ -23,14 +25,17 @@
 //!   learns at once that the other wrote.
 //! - [`cni`], [`ipam`], [`endpoints`]: the plugin and its records.
 //! - [`stats`]: counters from the pinned maps.
-//! - [`lab`]: a simulated cluster in network namespaces (tests and bench).
+//! - [`netlink`], [`netns`], [`addr`], [`network`], [`lease`]: plumbing and
+//!   the cluster's value types.
+//!
+//! The lab and the bench are a crate of their own (`netfab-lab`) that
+//! drives this one through its binaries and files.
 pub mod addr;
 pub mod agent;
 pub mod cni;
 pub mod dataplane;
 pub mod endpoints;
 pub mod ipam;
-pub mod lab;
 pub mod lease;
 pub mod netlink;
 pub mod netns;

@@ -1,11 +1,11 @@
-//! The `netfab` binary: agent, CLI and lab. Each subcommand lives in
-//! `commands/`.
+//! The `netfab` binary: agent and CLI. Each subcommand lives in
+//! `commands/`. (The lab and bench are `netfab-lab`, their own crate.)
 mod commands;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{agent::AgentArgs, lab::LabCmd, network::NetworkCmd, EtcdArgs, HostArgs};
+use commands::{agent::AgentArgs, network::NetworkCmd, EtcdArgs, HostArgs};
 
 #[derive(Parser)]
 #[command(
@@ -60,9 +60,6 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// A simulated cluster in network namespaces on this machine.
-    #[command(subcommand)]
-    Lab(LabCmd),
 }
 
 fn main() -> Result<()> {
@@ -78,6 +75,5 @@ fn main() -> Result<()> {
         Cmd::Ipam { cmd, netns } => commands::ipam::run(cmd, netns),
         Cmd::Cleanup(h) => commands::agent::cleanup(h),
         Cmd::Stats { host, json } => commands::agent::show_stats(host, json),
-        Cmd::Lab(cmd) => commands::lab::run(cmd),
     }
 }

@@ -1,10 +1,8 @@
 //! RAII guards: a lab, a network namespace, a thread inside a namespace.
 use std::{fs::File, os::fd::AsRawFd, process::Command};
 
-use netfab::{
-    dataplane::ebpf::maps::{BpfMaps, Counters},
-    lab::{self, topology::Topology},
-};
+use netfab::dataplane::ebpf::maps::{BpfMaps, Counters};
+use netfab_lab::{self as lab, topology::Topology};
 
 /// A lab built for one test and always torn down after it.
 pub struct LabGuard {
@@ -98,9 +96,9 @@ impl LabGuard {
         from: (u32, u32),
         to: (u32, u32),
         count: u32,
-    ) -> netfab::lab::demo::PingStats {
+    ) -> netfab_lab::demo::PingStats {
         let t = &self.topo;
-        netfab::lab::demo::ping(
+        netfab_lab::demo::ping(
             &t.container_ns(from.0, from.1),
             &t.container_ip(to.0, to.1).to_string(),
             count,

@@ -57,7 +57,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = std::process::Command::new(netfab::lab::netfab_binary().expect("netfab binary"))
+    let out = std::process::Command::new(netfab_lab::netfab_binary().expect("netfab binary"))
         .args(args)
         .output()
         .expect("running netfab");

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use netfab::lab::demo::{parse_ping, PingStats};
+use netfab_lab::demo::{parse_ping, PingStats};
 
 use crate::{
     capture::Capture,

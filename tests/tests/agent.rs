@@ -6,12 +6,12 @@ use aya::{
     maps::{HashMap, Map, MapData},
     programs::{SchedClassifier, TcAttachType},
 };
-use netfab::lab::{
-    self,
+use netfab_common::{maps::ENDPOINTS, Endpoint};
+use netfab_lab::{
+    self as lab,
     demo::ping,
     topology::{Control, Topology},
 };
-use netfab_common::{maps::ENDPOINTS, Endpoint};
 use netfab_tests::{
     guards::{in_netns, LabGuard},
     netfab_ok, require_privileges, wait_for,
@@ -93,12 +93,12 @@ fn cleanup_removes_links_pins_and_the_vxlan_device() {
         (!vxlan_gone.status.success(), progs.len())
     });
     assert!(vxlan_gone, "VXLAN device deleted");
-    let routes = netfab::lab::sh::ip_in(&host, &["route", "show", "proto", "212"]).unwrap();
+    let routes = netfab_lab::sh::ip_in(&host, &["route", "show", "proto", "212"]).unwrap();
     assert!(
         routes.trim().is_empty(),
         "netfab's routes removed: {routes}"
     );
-    let masq = netfab::lab::sh::in_ns(&host, "iptables", &["-t", "nat", "-S", "NETFAB-MASQ"]);
+    let masq = netfab_lab::sh::in_ns(&host, "iptables", &["-t", "nat", "-S", "NETFAB-MASQ"]);
     assert!(masq.is_err(), "iptables chain removed");
     assert_eq!(progs, 0, "no program left on the container veth");
 }
@@ -135,9 +135,8 @@ fn state_file_agent(b: netfab::dataplane::kind::Choice, name: &str) -> (LabGuard
 fn a_state_file_agent_runs_kernel_vxlan_and_reports_its_peers() {
     require_privileges!();
     let (lab, status) = state_file_agent(netfab::dataplane::kind::Choice::Vxlan, "sfvx");
-    let links =
-        netfab::lab::sh::in_ns(&lab.topo.host_ns(1), "ip", &["-d", "link", "show", "nfvx1"])
-            .unwrap();
+    let links = netfab_lab::sh::in_ns(&lab.topo.host_ns(1), "ip", &["-d", "link", "show", "nfvx1"])
+        .unwrap();
     assert!(links.contains("vxlan id 1"), "{links}");
     // The lab's state files turn direct routing off: the peer's line says
     // VXLAN and why.
@@ -157,7 +156,7 @@ fn a_state_file_agent_runs_host_gw_and_reports_its_peers() {
     let (lab, status) = state_file_agent(netfab::dataplane::kind::Choice::HostGw, "sfhg");
     let t = &lab.topo;
     let routes =
-        netfab::lab::sh::in_ns(&t.host_ns(1), "ip", &["route", "show", "proto", "212"]).unwrap();
+        netfab_lab::sh::in_ns(&t.host_ns(1), "ip", &["route", "show", "proto", "212"]).unwrap();
     let want = format!("{} via {}", t.subnet(2, 1).unwrap(), t.host_ip(2));
     assert!(routes.contains(&want), "{want} not in {routes}");
     let peer = status

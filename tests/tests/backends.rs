@@ -9,14 +9,12 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use netfab::{
-    dataplane::{ebpf::maps::BpfMaps, select::Choice},
-    lab::{
-        self,
-        demo::{iperf3, parse_ping, ping, IperfServer},
-        sh,
-        topology::{Topology, WAN_IP},
-    },
+use netfab::dataplane::{ebpf::maps::BpfMaps, select::Choice};
+use netfab_lab::{
+    self as lab,
+    demo::{iperf3, parse_ping, ping, IperfServer},
+    sh,
+    topology::{Topology, WAN_IP},
 };
 use netfab_tests::{
     capture::Capture,
@@ -352,7 +350,7 @@ fn isolation(b: Choice) {
         2,
         2,
         2,
-        netfab::lab::topology::Control::Etcd,
+        netfab_lab::topology::Control::Etcd,
     )
     .unwrap();
     t.dataplane = b;

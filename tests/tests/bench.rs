@@ -1,18 +1,17 @@
 //! The benchmark command runs end to end and produces its table, JSON and
 //! chart (a smoke run: one short repetition; the figures themselves come
-//! from `netfab lab bench` run for real).
+//! from `netfab-lab bench` run for real).
 use std::process::Command;
 
-use netfab::lab;
+use netfab_lab as lab;
 use netfab_tests::require_privileges;
 
 #[test]
 fn bench_measures_every_path_and_writes_table_json_and_chart() {
     require_privileges!();
     let out_dir = std::env::temp_dir().join(format!("netfab-bench-{}", std::process::id()));
-    let out = Command::new(lab::netfab_binary().unwrap())
+    let out = Command::new(lab::lab_binary().unwrap())
         .args([
-            "lab",
             "bench",
             "--secs",
             "1",

@@ -3,13 +3,8 @@
 //! network namespace.
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
-use netfab::{
-    cni::attach::host_ifname,
-    dataplane::select::Choice,
-    endpoints,
-    ipam::Ipam,
-    lab::{self, cni, demo::ping, sh, topology::Topology},
-};
+use netfab::{cni::attach::host_ifname, dataplane::select::Choice, endpoints, ipam::Ipam};
+use netfab_lab::{self as lab, cni, demo::ping, sh, topology::Topology};
 use netfab_tests::{guards::LabGuard, netfab_ok, require_privileges, wait_for};
 use serde_json::{json, Value};
 
@@ -391,18 +386,17 @@ fn add_returns_once_programmed_and_its_latency_is_reported() {
     let mut took = Vec::new();
     for round in 0..20 {
         let ns = t.container_ns(1, 2);
-        netfab::lab::sh::ip(&["netns", "add", &ns]).unwrap();
+        netfab_lab::sh::ip(&["netns", "add", &ns]).unwrap();
         let start = std::time::Instant::now();
-        let ip = netfab::lab::cni::add(t, 1, 2).expect("ADD");
+        let ip = netfab_lab::cni::add(t, 1, 2).expect("ADD");
         took.push(start.elapsed());
-        let st =
-            netfab::lab::demo::ping(&t.container_ns(2, 1), &ip.to_string(), 1, "0.05").unwrap();
+        let st = netfab_lab::demo::ping(&t.container_ns(2, 1), &ip.to_string(), 1, "0.05").unwrap();
         assert_eq!(
             st.received, 1,
             "round {round}: first ping to {ip} unanswered"
         );
-        netfab::lab::cni::del(t, 1, 2).expect("DEL");
-        netfab::lab::sh::ip(&["netns", "del", &ns]).unwrap();
+        netfab_lab::cni::del(t, 1, 2).expect("DEL");
+        netfab_lab::sh::ip(&["netns", "del", &ns]).unwrap();
     }
     took.sort();
     eprintln!(

@@ -7,15 +7,13 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use netfab::{
-    dataplane::ebpf::maps::BpfMaps,
-    lab::{
-        self,
-        demo::ping,
-        procs, sh,
-        topology::{Control, Topology},
-        wiring,
-    },
+use netfab::dataplane::ebpf::maps::BpfMaps;
+use netfab_lab::{
+    self as lab,
+    demo::ping,
+    procs, sh,
+    topology::{Control, Topology},
+    wiring,
 };
 use netfab_tests::{guards::LabGuard, require_privileges, traffic::Pinger, wait_for};
 
@@ -231,7 +229,7 @@ fn partitioned_agents_learn_a_new_host_when_the_cut_heals() {
     topo.lease_ttl = 20;
     let lab = LabGuard::up_with(topo);
     let t = &lab.topo;
-    let etcd_ip = netfab::lab::topology::ETCD_IP.to_string();
+    let etcd_ip = netfab_lab::topology::ETCD_IP.to_string();
     // Both directions: with only outgoing packets dropped, data etcd
     // already sent would still reach the agent.
     let rules = |op: &str| {

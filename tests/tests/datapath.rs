@@ -2,12 +2,10 @@
 //! bridge, two containers each, agents running.
 use std::{net::SocketAddrV4, time::Duration};
 
-use netfab::{
-    addr::MacAddr,
-    lab::{
-        demo::{iperf3, ping, IperfServer},
-        topology::{self, Topology},
-    },
+use netfab::addr::MacAddr;
+use netfab_lab::{
+    demo::{iperf3, ping, IperfServer},
+    topology::{self, Topology},
 };
 use netfab_tests::{
     frames::{ethernet, ipv4_icmp, vxlan, ETH_P_IP},
@@ -125,7 +123,7 @@ fn bad_traffic_is_dropped_and_counted() {
         .arg(t.container_ip(2, 1).to_string())
         .output()
         .unwrap();
-    let st = netfab::lab::demo::parse_ping(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let st = netfab_lab::demo::parse_ping(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert_eq!(st.received, 0, "spoofed pings must not get through");
     assert!(drops("spoofed_source") >= 3, "{:?}", lab.counters(1).drops);
 

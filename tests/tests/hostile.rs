@@ -12,12 +12,10 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use netfab::{
-    dataplane::select::Choice,
-    lab::{
-        sh,
-        topology::{Control, Topology},
-    },
+use netfab::dataplane::select::Choice;
+use netfab_lab::{
+    sh,
+    topology::{Control, Topology},
 };
 use netfab_tests::{guards::LabGuard, require_privileges};
 
@@ -146,7 +144,7 @@ fn hostile(b: Choice, short: &str) {
     ];
     attack(&attacker, &["spoof", &join(&spoofs)]);
     // 3. A container dialling etcd.
-    let etcd = netfab::lab::topology::ETCD_IP.to_string();
+    let etcd = netfab_lab::topology::ETCD_IP.to_string();
     for mode in ["plain", "tls"] {
         let r = attack(&attacker, &["tcp", &etcd, "2379", mode]);
         assert!(

@@ -3,8 +3,8 @@
 //! forwarding, and the new agent adopts them and gets its subnet back.
 use std::time::Duration;
 
-use netfab::lab::{
-    self,
+use netfab_lab::{
+    self as lab,
     demo::{iperf3, IperfServer},
 };
 use netfab_tests::{guards::LabGuard, require_privileges, traffic::Pinger};

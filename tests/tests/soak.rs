@@ -3,7 +3,7 @@
 //! file descriptors must never cost it its pinned links.
 use std::time::{Duration, Instant};
 
-use netfab::lab::{self, cni, sh, topology::Topology};
+use netfab_lab::{self as lab, cni, sh, topology::Topology};
 use netfab_tests::{guards::LabGuard, require_privileges, traffic::Pinger, wait_for};
 
 fn fd_count(pid: i32) -> usize {
@@ -149,7 +149,7 @@ fn running_out_of_file_descriptors_keeps_every_pin_and_traffic() {
     set_nofile(pid, 1024);
     // Recovered: a new container is programmed and answers at once.
     let ip = cni::add(t, 1, 2).expect("ADD after recovery");
-    let st = netfab::lab::demo::ping(&t.container_ns(2, 1), &ip.to_string(), 3, "0.05").unwrap();
+    let st = netfab_lab::demo::ping(&t.container_ns(2, 1), &ip.to_string(), 3, "0.05").unwrap();
     assert_eq!(st.received, 3, "new container reachable after EMFILE");
     let st = pinger.finish();
     eprintln!(

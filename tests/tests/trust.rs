@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use netfab::lab::{self, cni, sh, topology::Topology};
+use netfab_lab::{self as lab, cni, sh, topology::Topology};
 use netfab_tests::{guards::LabGuard, require_privileges, traffic::Pinger, wait_for};
 
 /// 10 ms pings from every host's container 1 to the next host's.
@@ -170,7 +170,7 @@ fn bad_etcd_entries_lose_no_packet_and_are_reported_with_their_key() {
     // Meanwhile new containers are programmed: one more on host 1.
     sh::ip(&["netns", "add", &t.container_ns(1, 2)]).unwrap();
     let ip = cni::add(t, 1, 2).expect("ADD amid bad entries");
-    let st = netfab::lab::demo::ping(&t.container_ns(2, 1), &ip.to_string(), 3, "0.05").unwrap();
+    let st = netfab_lab::demo::ping(&t.container_ns(2, 1), &ip.to_string(), 3, "0.05").unwrap();
     assert_eq!(st.received, 3, "a new container is reachable at once");
 
     let took = started.elapsed();
@@ -218,7 +218,7 @@ fn an_agent_down_or_a_host_cut_off_for_three_ttls_loses_no_packet() {
     assert_no_loss(pingers, "agent down 3x TTL");
 
     // Host 3 cut off from etcd (both directions) for 3 TTLs.
-    let etcd_ip = netfab::lab::topology::ETCD_IP.to_string();
+    let etcd_ip = netfab_lab::topology::ETCD_IP.to_string();
     let rules = |op: &str| {
         for (chain, dir) in [("OUTPUT", "-d"), ("INPUT", "-s")] {
             sh::in_ns(
@@ -250,7 +250,7 @@ fn a_second_agent_for_a_node_exits_with_a_clear_error() {
     require_privileges!();
     let lab = LabGuard::up("twice", 1, 1);
     let t = &lab.topo;
-    let out = std::process::Command::new(netfab::lab::netfab_binary().unwrap())
+    let out = std::process::Command::new(netfab_lab::netfab_binary().unwrap())
         .args(["agent", "--netns", &t.host_ns(1), "--node", &t.host_ns(1)])
         .arg("--run-dir")
         .arg(lab::host_dir(&t.name, 1))
@@ -295,7 +295,7 @@ fn corrupt_local_files_are_rebuilt_and_lose_no_packet() {
     sh::ip(&["netns", "add", &t.container_ns(1, 2)]).unwrap();
     let ip = cni::add(t, 1, 2).expect("ADD after the lease file was rewritten");
     assert_eq!(
-        netfab::lab::demo::ping(&t.container_ns(2, 1), &ip.to_string(), 3, "0.05")
+        netfab_lab::demo::ping(&t.container_ns(2, 1), &ip.to_string(), 3, "0.05")
             .unwrap()
             .received,
         3

@@ -1,7 +1,6 @@
 //! One file per subcommand; arguments shared between them live here.
 pub mod agent;
 pub mod ipam;
-pub mod lab;
 pub mod network;
 
 use std::{path::PathBuf, time::Duration};

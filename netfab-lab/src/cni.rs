@@ -11,14 +11,14 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use super::{host_dir, topology::Topology};
+use crate::{host_dir, topology::Topology};
 
 /// The plugin binary: `NETFAB_CNI_BIN`, else `netfab-cni` next to netfab.
 pub fn binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("NETFAB_CNI_BIN") {
         return Ok(PathBuf::from(p));
     }
-    let netfab = super::netfab_binary()?;
+    let netfab = crate::netfab_binary()?;
     let p = netfab.with_file_name("netfab-cni");
     if !p.is_file() {
         bail!("{} not found; build the workspace first", p.display());

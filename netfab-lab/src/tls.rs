@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::{sh::run, topology::ETCD_IP};
+use crate::{sh::run, topology::ETCD_IP};
 
 /// openssl req arguments for a fresh P-256 key without a passphrase.
 const NEW_EC_KEY: [&str; 5] = [

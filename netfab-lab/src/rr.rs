@@ -71,7 +71,7 @@ fn pin(cpu: Option<u32>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `netfab lab rr-serve` inside a namespace, stopped on drop.
+/// `netfab-lab rr-serve` inside a namespace, stopped on drop.
 pub struct RrServer(Child);
 
 impl RrServer {
@@ -80,8 +80,8 @@ impl RrServer {
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .args(pin(cpu))
-            .arg(super::netfab_binary()?)
-            .args(["lab", "rr-serve", "--port", &port.to_string()])
+            .arg(crate::lab_binary()?)
+            .args(["rr-serve", "--port", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -102,8 +102,8 @@ pub fn run_client(ns: &str, server: &str, secs: u32, cpu: Option<u32>) -> Result
     let out = Command::new("ip")
         .args(["netns", "exec", ns])
         .args(pin(cpu))
-        .arg(super::netfab_binary()?)
-        .args(["lab", "rr", "--server", server, "--secs", &secs.to_string()])
+        .arg(crate::lab_binary()?)
+        .args(["rr", "--server", server, "--secs", &secs.to_string()])
         .output()
         .context("running the RR client")?;
     if !out.status.success() {

@@ -4,7 +4,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{bail, Context, Result};
 
-use super::bench::PathResult;
+use crate::bench::PathResult;
 
 const COLORS: [&str; 3] = ["#4e79a7", "#f28e2b", "#59a14f"];
 

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{
+use crate::{
     state_dir, tls,
     topology::{Control, Topology},
 };
@@ -19,23 +19,34 @@ pub fn pid_file(lab: &str, proc_name: &str) -> PathBuf {
     state_dir(lab).join(format!("{proc_name}.pid"))
 }
 
-/// The agent binary: `NETFAB_BIN`, else this executable when it is netfab,
-/// else a `netfab` next to it or one level up (test binaries live in
+/// The binary `name`: `$var`, else this executable when it is `name`, else
+/// one next to it or one level up (test binaries live in
 /// target/<profile>/deps).
-pub fn netfab_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("NETFAB_BIN") {
+fn sibling(name: &str, var: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().context("finding the running executable")?;
-    if exe.file_name().is_some_and(|n| n == "netfab") {
+    if exe.file_name().is_some_and(|n| n == name) {
         return Ok(exe);
     }
     exe.ancestors()
         .skip(1)
         .take(2)
-        .map(|d| d.join("netfab"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .context("no netfab binary found next to this program; set NETFAB_BIN")
+        .with_context(|| format!("no {name} binary found next to this program; set {var}"))
+}
+
+/// The product binary (agent and CLI): `NETFAB_BIN` or next to this one.
+pub fn netfab_binary() -> Result<PathBuf> {
+    sibling("netfab", "NETFAB_BIN")
+}
+
+/// The lab binary (bench helpers run inside namespaces): `NETFAB_LAB_BIN`
+/// or next to this one.
+pub fn lab_binary() -> Result<PathBuf> {
+    sibling("netfab-lab", "NETFAB_LAB_BIN")
 }
 
 /// Starts `cmd` detached, logging to `<proc_name>.log`, and records its PID.
@@ -63,7 +74,7 @@ pub fn agent_name(h: u32) -> String {
 /// Starts host `h`'s agent in the background, in the host's namespace.
 pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result<u32> {
     let dir = state_dir(&topo.name);
-    std::fs::create_dir_all(super::host_dir(&topo.name, h))?;
+    std::fs::create_dir_all(crate::host_dir(&topo.name, h))?;
     let mut cmd;
     if topo.no_bpf_hosts.contains(&h) {
         // eBPF really unavailable: no CAP_BPF, no CAP_SYS_ADMIN. setns needs
@@ -87,7 +98,7 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
     let dataplane = topo.dataplane.to_string();
     cmd.args(["--node", &topo.host_ns(h), "--dataplane", &dataplane])
         .arg("--run-dir")
-        .arg(super::host_dir(&topo.name, h))
+        .arg(crate::host_dir(&topo.name, h))
         .arg("--pin-dir")
         .arg(topo.pin_dir(h))
         .args([
@@ -104,7 +115,7 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
                 .args(["--lease-ttl", &topo.lease_ttl.to_string()])
                 .args(["--lease-grace-secs", &topo.lease_grace.to_string()])
                 .arg("--ipam-dir")
-                .arg(super::host_dir(&topo.name, h).join("ipam"));
+                .arg(crate::host_dir(&topo.name, h).join("ipam"));
         }
     }
     if let Some(o) = bpf_object {

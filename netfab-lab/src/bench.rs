@@ -1,4 +1,4 @@
-//! `netfab lab bench`: every path measured side by side in one run.
+//! `netfab-lab bench`: every path measured side by side in one run.
 //!
 //! Paths: the raw underlay (host to host), netfab eBPF with VXLAN, eBPF with
 //! direct routing, the kernel-VXLAN backend and host-gw. Each netfab path is
@@ -11,14 +11,14 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{
+use crate::{
     chart,
     demo::{iperf3_pinned, IperfServer},
     rr::{self, RrServer},
     say,
     topology::Topology,
 };
-use crate::dataplane::select::Choice;
+use netfab::dataplane::select::Choice;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PathResult {
@@ -114,12 +114,12 @@ pub fn run(
             t.dataplane = backend;
             t.direct_routing = direct;
             say(format!("bench: bringing up lab {name} for path {path}"));
-            topos.push(super::up(&t, bpf_object).with_context(|| format!("lab {name}"))?);
+            topos.push(crate::up(&t, bpf_object).with_context(|| format!("lab {name}"))?);
         }
         measure(&topos, secs, rr_secs, reps, out_dir)
     })();
     for (_, name, _, _) in LABS {
-        let _ = super::down(name);
+        let _ = crate::down(name);
     }
     result
 }

@@ -3,11 +3,11 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 
-use super::{
+use crate::{
     sh::{self, ip_in},
     topology::{self, Topology},
 };
-use crate::addr::MacAddr;
+use netfab::addr::MacAddr;
 
 /// A namespace on segment `seg`'s bridge with one address and a default
 /// route via the segment's router.

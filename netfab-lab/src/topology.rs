@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::{
+use netfab::{
     addr::MacAddr,
     dataplane::ebpf::DEFAULT_PIN_ROOT,
     dataplane::select::Choice,
@@ -29,9 +29,9 @@ use crate::{
     },
 };
 
-pub use crate::addr::GATEWAY_MAC;
+pub use netfab::addr::GATEWAY_MAC;
 pub const UNDERLAY_MTU: u32 = 1500;
-pub const CONTAINER_MTU: u32 = UNDERLAY_MTU - crate::netlink::VXLAN_OVERHEAD;
+pub const CONTAINER_MTU: u32 = UNDERLAY_MTU - netfab::netlink::VXLAN_OVERHEAD;
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 254);
 /// "The outside world": an address outside every cluster network, held by
 /// the underlay namespace (RFC 2544 benchmarking range, never routed beyond

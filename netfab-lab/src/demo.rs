@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::{say, topology::Topology};
+use crate::{say, topology::Topology};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PingStats {
@@ -192,7 +192,7 @@ pub fn run(topo: &Topology, iperf_secs: u32) -> Result<()> {
         let server_ip = topo.container_ip(1, 1).to_string();
         let _server = IperfServer::start(&server_ns, 5201)?;
         let gbps = iperf3(&topo.container_ns(2, 1), &server_ip, 5201, iperf_secs, 1)?;
-        let path = super::read_status(topo, 2)
+        let path = crate::read_status(topo, 2)
             .and_then(|st| {
                 let peer = st
                     .networks

@@ -1,3 +1,8 @@
+//! netfab's lab and bench, outside the product: they drive netfab only
+//! through its CLI (`netfab agent`, `netfab network`, `netfab status`), the
+//! CNI plugin and the run-directory files ([`netfab::rundir`]), as an
+//! operator's tooling would.
+//!
 //! A simulated cluster on one machine: an underlay bridge in its own network
 //! namespace, a real etcd server in another (etcd mode), N host namespaces
 //! each running an agent, M container namespaces per host. `down` removes
@@ -22,9 +27,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-pub use self::procs::netfab_binary;
+pub use self::procs::{lab_binary, netfab_binary};
 use self::topology::{Control, HostSubnet, Topology};
-use crate::{dataplane::ebpf::DEFAULT_PIN_ROOT, rundir::LeaseFile};
+use netfab::{dataplane::ebpf::DEFAULT_PIN_ROOT, rundir::LeaseFile};
 
 pub const STATE_ROOT: &str = "/run/netfab-lab";
 
@@ -48,7 +53,7 @@ pub fn load(name: &str) -> Result<Topology> {
 pub fn up(topo: &Topology, bpf_object: Option<&Path>) -> Result<Topology> {
     if sh::netns_list()?.contains(&topo.underlay_ns()) {
         bail!(
-            "lab `{}` already exists; run `netfab lab down --name {}` first",
+            "lab `{}` already exists; run `netfab-lab down --name {}` first",
             topo.name,
             topo.name
         );
@@ -237,7 +242,7 @@ pub fn host_dir(name: &str, h: u32) -> PathBuf {
 }
 
 pub fn read_leases(topo: &Topology, h: u32) -> Option<LeaseFile> {
-    let p = host_dir(&topo.name, h).join(crate::rundir::LEASES);
+    let p = host_dir(&topo.name, h).join(netfab::rundir::LEASES);
     serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
 }
 
@@ -301,11 +306,11 @@ pub fn stop_agent(name: &str, h: u32, hard: bool) -> Result<()> {
 }
 
 fn status_path(name: &str, h: u32) -> PathBuf {
-    host_dir(name, h).join(crate::rundir::STATUS)
+    host_dir(name, h).join(netfab::rundir::STATUS)
 }
 
 /// What host `h`'s agent last reported (`netfab status`).
-pub fn read_status(topo: &Topology, h: u32) -> Option<crate::agent::status::Status> {
+pub fn read_status(topo: &Topology, h: u32) -> Option<netfab::agent::status::Status> {
     serde_json::from_str(&std::fs::read_to_string(status_path(&topo.name, h)).ok()?).ok()
 }
 

@@ -1,22 +1,40 @@
-//! `netfab lab ...`: the simulated cluster.
+//! `netfab-lab`: a simulated cluster in network namespaces on this machine,
+//! and the benchmark. Drives the `netfab` and `netfab-cni` binaries found
+//! next to it (or `NETFAB_BIN`, `NETFAB_CNI_BIN`).
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use netfab::dataplane::select::Choice;
-use netfab::lab::{
-    self,
+use netfab_lab::{
+    self as lab,
     topology::{Control, Topology},
 };
 
+#[derive(Parser)]
+#[command(
+    name = "netfab-lab",
+    version,
+    about = "netfab's lab (hosts in network namespaces, real etcd) and bench"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: LabCmd,
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    run(Cli::parse().cmd)
+}
+
 #[derive(Args, Clone)]
-pub struct LabName {
+struct LabName {
     #[arg(long, default_value = "nf")]
     name: String,
 }
 
 #[derive(Args)]
-pub struct LabShape {
+struct LabShape {
     #[command(flatten)]
     name: LabName,
     #[arg(long, default_value_t = 2)]
@@ -71,7 +89,7 @@ impl LabShape {
 }
 
 #[derive(Subcommand)]
-pub enum LabCmd {
+enum LabCmd {
     /// Build the namespaces, start etcd and one agent per host, wire containers.
     Up(LabShape),
     /// Remove the lab, always (agents, etcd, namespaces, pins).
@@ -135,7 +153,7 @@ pub enum LabCmd {
     },
 }
 
-pub fn run(cmd: LabCmd) -> Result<()> {
+fn run(cmd: LabCmd) -> Result<()> {
     match cmd {
         LabCmd::Up(s) => lab::up(&s.topology(1)?, s.bpf_object.as_deref()).map(|_| ()),
         LabCmd::Down(n) => lab::down(&n.name),
