@@ -310,7 +310,7 @@ fn status_path(name: &str, h: u32) -> PathBuf {
 }
 
 /// What host `h`'s agent last reported (`netfab status`).
-pub fn read_status(topo: &Topology, h: u32) -> Option<netfab::agent::status::Status> {
+pub fn read_status(topo: &Topology, h: u32) -> Option<netfab::rundir::Status> {
     serde_json::from_str(&std::fs::read_to_string(status_path(&topo.name, h)).ok()?).ok()
 }
 

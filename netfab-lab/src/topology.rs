@@ -21,8 +21,8 @@ use netfab::{
     addr::MacAddr,
     dataplane::ebpf::DEFAULT_PIN_ROOT,
     dataplane::select::Choice,
-    endpoints::LocalEndpoint,
     network::{DataplanePref, NetworkConfig},
+    rundir::LocalEndpoint,
     state::{
         DesiredState, EndpointSpec, Network, RemoteHostSubnet, DEFAULT_VXLAN_DEVICE,
         DEFAULT_VXLAN_PORT,

@@ -21,9 +21,10 @@
 //!   them; [`dataplane::ebpf`] loads the TC programs, pins maps and links;
 //!   [`dataplane::iptables`] holds the host firewall every backend shares.
 //! - [`reconcile`]: desired vs. actual, as data.
-//! - [`rundir`]: the files the agent and the CNI plugin share, and how each
-//!   learns at once that the other wrote.
-//! - [`cni`], [`ipam`], [`endpoints`]: the plugin and its records.
+//! - [`rundir`]: the agent <-> CNI contract: paths, the versioned file types
+//!   (endpoints, leases, status), the agent lock, atomic writes, and how
+//!   each side learns at once that the other wrote.
+//! - [`cni`], [`ipam`]: the plugin and its address records.
 //! - [`stats`]: counters from the pinned maps.
 //! - [`netlink`], [`netns`], [`addr`], [`network`], [`lease`]: plumbing and
 //!   the cluster's value types.
@@ -34,7 +35,6 @@ pub mod addr;
 pub mod agent;
 pub mod cni;
 pub mod dataplane;
-pub mod endpoints;
 pub mod ipam;
 pub mod lease;
 pub mod netlink;

@@ -3,7 +3,7 @@
 //! network namespace.
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
-use netfab::{cni::attach::host_ifname, dataplane::select::Choice, endpoints, ipam::Ipam};
+use netfab::{cni::attach::host_ifname, dataplane::select::Choice, ipam::Ipam, rundir::endpoints};
 use netfab_lab::{self as lab, cni, demo::ping, sh, topology::Topology};
 use netfab_tests::{guards::LabGuard, netfab_ok, require_privileges, wait_for};
 use serde_json::{json, Value};

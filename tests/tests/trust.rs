@@ -283,7 +283,7 @@ fn corrupt_local_files_are_rebuilt_and_lose_no_packet() {
         Duration::from_secs(15),
         || {
             let text = std::fs::read_to_string(dir.join("endpoints.json")).ok()?;
-            let eps: Vec<netfab::endpoints::LocalEndpoint> = serde_json::from_str(&text).ok()?;
+            let eps = netfab::rundir::endpoints::parse(&dir.join("endpoints.json"), &text).ok()?;
             (eps.len() == 1 && eps[0].ip == t.container_ip(1, 1)).then_some(())
         },
     );

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | build | test | lab`.
+//! Developer tasks: `cargo xtask setup | build-ebpf | build | test`.
 //!
 //! The eBPF crate must be built with Debian's rustc-web (it ships a prebuilt
 //! `core` for bpfel-unknown-none; rustup's toolchains have no rust-src here) and

@@ -7,8 +7,8 @@ use ipnet::Ipv4Net;
 
 use super::judge::Judged;
 use crate::{
-    endpoints::LocalEndpoint,
     lease::SubnetLease,
+    rundir::LocalEndpoint,
     state::{DesiredState, EndpointSpec, Network, RemoteHostSubnet, DEFAULT_VXLAN_DEVICE},
 };
 

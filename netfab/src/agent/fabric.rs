@@ -37,10 +37,12 @@ use super::{
 };
 use crate::{
     addr::MacAddr,
-    endpoints::{self, LocalEndpoint},
     lease::{parse_subnet_key, SubnetLease},
     network::NetworkConfig,
-    rundir::{Changes, LeaseFile},
+    rundir::{
+        endpoints::{self, LocalEndpoint},
+        write_atomic, Changes, LeaseFile,
+    },
     state::DesiredState,
     store::{snapshot::BadEntry, KeyKind, LeaseEvent, Snapshot, StoreEvent, SubnetStore},
 };
@@ -181,7 +183,10 @@ impl<S: SubnetStore> Fabric<S> {
 
     fn lost(&mut self, why: &str) {
         if self.store.is_open() {
-            warn!("store session lost ({why}); keeping the dataplane as it is and reconnecting");
+            warn!(
+                "{} session lost ({why}); keeping the dataplane as it is and reconnecting",
+                self.store.kind()
+            );
         }
         self.store.close();
         self.last_list = None;
@@ -225,7 +230,11 @@ impl<S: SubnetStore> Fabric<S> {
         self.held.clear();
         self.acquire_missing().await?;
         self.relist().await?;
-        info!("connected to the store; holding {:?}", self.held());
+        info!(
+            "connected to {}; holding {:?}",
+            self.store.kind(),
+            self.held()
+        );
         Ok(())
     }
 
@@ -299,7 +308,10 @@ impl<S: SubnetStore> Fabric<S> {
                 OwnKey::Foreign { what, .. } => {
                     error!("our lease {name} was overwritten with {what}; rewritten")
                 }
-                _ => warn!("our lease {name} was deleted from the store; written back"),
+                _ => warn!(
+                    "our lease {name} was deleted from {}; written back",
+                    self.store.kind()
+                ),
             }
             self.held.insert(net.into(), Held { written: rev, ..h });
         }
@@ -488,7 +500,7 @@ impl<S: SubnetStore> Fabric<S> {
         }
         match serde_json::to_string_pretty(&lf)
             .map_err(anyhow::Error::from)
-            .and_then(|t| endpoints::write_atomic(path, &t))
+            .and_then(|t| write_atomic(path, &t))
         {
             Ok(()) => self.written = Some(lf),
             Err(e) => error!("writing lease file: {e:#}"),
@@ -503,7 +515,7 @@ impl<S: SubnetStore> Source for Fabric<S> {
             match self.open_session().await {
                 Ok(()) => dirty = true,
                 Err(e) => {
-                    warn!("store: {e:#}; retrying in 1 s");
+                    warn!("{}: {e:#}; retrying in 1 s", self.store.kind());
                     self.store.close();
                     self.next_connect = Instant::now() + Duration::from_secs(1);
                 }

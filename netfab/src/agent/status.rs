@@ -4,72 +4,9 @@
 use std::collections::BTreeMap;
 
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
 
+pub use crate::rundir::{NetworkStatus, PeerStatus, Rejected, Status};
 use crate::{dataplane::ApplyReport, state::DesiredState, store::Snapshot};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    #[serde(default = "crate::rundir::v1")]
-    pub version: u32,
-    pub node: String,
-    pub dataplane: String,
-    pub reason: String,
-    pub underlay: Option<Ipv4Net>,
-    pub container_mtu: u32,
-    pub networks: Vec<NetworkStatus>,
-    /// Local containers and remote subnets in the last applied state.
-    pub endpoints: usize,
-    pub remotes: usize,
-    pub refused: Vec<String>,
-    pub skipped: Vec<String>,
-    /// Seconds since the epoch of the last apply.
-    pub applied_at: u64,
-    /// Whether the agent has a live etcd session.
-    #[serde(default)]
-    pub etcd_connected: bool,
-    /// Local containers the dataplane serves (CNI ADD waits for its own).
-    #[serde(default)]
-    pub endpoint_ips: Vec<std::net::Ipv4Addr>,
-    /// The same, with the ifindex of the host veth each was programmed for:
-    /// ADD waits for its own veth, not for an address a previous container
-    /// held.
-    #[serde(default)]
-    pub programmed: Vec<(std::net::Ipv4Addr, u32)>,
-    /// Store entries refused, each with its key and why.
-    #[serde(default)]
-    pub rejected: Vec<Rejected>,
-    /// Peers still routed although their lease is gone (within the grace).
-    #[serde(default)]
-    pub retained: Vec<String>,
-    /// Applies since the agent started (soak tests and operators watch it move).
-    #[serde(default)]
-    pub applies: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rejected {
-    pub key: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NetworkStatus {
-    pub name: String,
-    pub vni: u32,
-    pub subnet: Ipv4Net,
-    pub peers: Vec<PeerStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PeerStatus {
-    pub node: String,
-    pub subnet: Ipv4Net,
-    pub underlay_ip: std::net::Ipv4Addr,
-    /// `direct`, `vxlan` or `host-gw`.
-    pub path: String,
-    pub reason: String,
-}
 
 pub struct StatusInput<'a> {
     pub node: &'a str,
@@ -167,7 +104,7 @@ pub fn now_secs() -> u64 {
 /// Writes the status file atomically (readers never see half a file).
 pub fn write(path: &std::path::Path, st: &Status) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(st)?;
-    crate::endpoints::write_atomic(path, &text)
+    crate::rundir::write_atomic(path, &text)
 }
 
 pub fn render(s: &Status) -> String {

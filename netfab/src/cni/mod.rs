@@ -19,11 +19,12 @@ use serde_json::Value;
 use self::types::{code, AddResult, CniError, Interface, NetConf, SUPPORTED};
 use crate::{
     addr::GATEWAY_MAC,
-    agent::status::Status,
-    endpoints::{self, LocalEndpoint},
     ipam::{Allocation, Ipam, IpamError},
     netlink::Netlink,
-    rundir::LeaseFile,
+    rundir::{
+        endpoints::{self, LocalEndpoint},
+        LeaseFile, Status,
+    },
 };
 
 /// The CNI_* environment, as the runtime set it.

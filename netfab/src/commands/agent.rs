@@ -102,7 +102,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
     let lease_file = a.lease_file.clone().unwrap_or_else(|| rd.leases());
     let status_file = a.status_file.clone().unwrap_or_else(|| rd.status());
     // One agent per node: two would fight over the same maps and leases.
-    let _lock = lock_node(&rd, &node)?;
+    let _lock = netfab::rundir::lock_agent(&rd, &node)?;
     runtime()?.block_on(async move {
         let nl = Netlink::connect()?;
         let (underlay, underlay_net) = nl.underlay(&a.underlay_interface).await?;
@@ -162,38 +162,6 @@ pub fn run(a: AgentArgs) -> Result<()> {
     })
 }
 
-/// Takes `<run dir>/agent.lock` (flock) for the process's lifetime, or says
-/// who holds it.
-fn lock_node(rd: &netfab::rundir::RunDir, node: &str) -> Result<std::fs::File> {
-    use std::{io::Write, os::fd::AsRawFd};
-    std::fs::create_dir_all(rd.path())
-        .with_context(|| format!("creating {}", rd.path().display()))?;
-    let path = rd.lock();
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on an fd we own; the lock lives as long as the file.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let holder = std::fs::read_to_string(&path).unwrap_or_default();
-        bail!(
-            "another netfab agent already runs for node {node} (it holds {}{}); \
-             stop it first: two agents would fight over the same dataplane and leases",
-            path.display(),
-            match holder.trim() {
-                "" => String::new(),
-                pid => format!(", PID {pid}"),
-            }
-        );
-    }
-    f.set_len(0)?;
-    write!(f, "{}", std::process::id())?;
-    Ok(f)
-}
-
 pub fn show_status(run_dir: PathBuf, file: Option<PathBuf>, json: bool) -> Result<()> {
     let file = file.unwrap_or_else(|| netfab::rundir::RunDir::new(run_dir).status());
     let text = std::fs::read_to_string(&file)
@@ -202,7 +170,7 @@ pub fn show_status(run_dir: PathBuf, file: Option<PathBuf>, json: bool) -> Resul
         println!("{text}");
         return Ok(());
     }
-    let st: status::Status = serde_json::from_str(&text)
+    let st: netfab::rundir::Status = serde_json::from_str(&text)
         .map_err(|e| anyhow!("{} is not a status file: {e}", file.display()))?;
     netfab::rundir::check_version(&file, st.version)?;
     print!("{}", status::render(&st));

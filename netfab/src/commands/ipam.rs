@@ -5,7 +5,7 @@ use std::{collections::HashSet, path::PathBuf};
 
 use anyhow::Result;
 use clap::Subcommand;
-use netfab::{endpoints, ipam, netlink::Netlink, netns};
+use netfab::{ipam, netlink::Netlink, netns, rundir::endpoints};
 
 use super::runtime;
 

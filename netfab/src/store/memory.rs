@@ -177,6 +177,10 @@ impl Naming for MemoryStore {
 }
 
 impl SubnetStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "the in-memory store"
+    }
+
     async fn open(&mut self, _ttl: i64) -> Result<()> {
         let mut i = self.lock();
         i.count("open");

@@ -127,6 +127,8 @@ pub type RawRecord = (Vec<u8>, i64, i64);
 /// expire after their TTL.
 #[allow(async_fn_in_trait)]
 pub trait SubnetStore: Naming {
+    /// What the store is, for logs (`etcd`).
+    fn kind(&self) -> &'static str;
     /// Opens a session whose leases live `ttl` seconds without keep-alive.
     async fn open(&mut self, ttl: i64) -> Result<()>;
     fn is_open(&self) -> bool;

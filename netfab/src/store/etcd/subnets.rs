@@ -73,6 +73,10 @@ impl Naming for EtcdSubnets {
 }
 
 impl SubnetStore for EtcdSubnets {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
     async fn open(&mut self, ttl: i64) -> Result<()> {
         self.s = None;
         let mut store = EtcdStore::connect(&self.cfg).await?;

@@ -1,5 +1,8 @@
-//! Containers attached on this host, as the lab (and later the CNI plugin)
-//! records them for the agent in etcd mode: a local JSON file.
+//! `endpoints.json`: the containers attached on this host, as the CNI
+//! plugin records them for the agent. Written under `endpoints.lock` by
+//! read-modify-write, so concurrent CNI calls never lose each other's
+//! entries. Versioned like every run-dir file; a bare list (the format
+//! before versioning) is still read.
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context, Result};
@@ -16,21 +19,47 @@ pub struct LocalEndpoint {
     pub mac: MacAddr,
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointsFile {
+    version: u32,
+    endpoints: Vec<LocalEndpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OnDisk {
+    Versioned(EndpointsFile),
+    Legacy(Vec<LocalEndpoint>),
+}
+
+/// Parses the file's text (either format).
+pub fn parse(path: &Path, text: &str) -> Result<Vec<LocalEndpoint>> {
+    match serde_json::from_str::<OnDisk>(text)
+        .with_context(|| format!("endpoints file {} is not valid", path.display()))?
+    {
+        OnDisk::Versioned(f) => {
+            super::check_version(path, f.version)?;
+            Ok(f.endpoints)
+        }
+        OnDisk::Legacy(eps) => Ok(eps),
+    }
+}
+
 /// Reads the file; a missing file means no containers yet.
 pub fn load(path: &Path) -> Result<Vec<LocalEndpoint>> {
     match std::fs::read_to_string(path) {
-        Ok(t) => serde_json::from_str(&t)
-            .with_context(|| format!("endpoints file {} is not valid", path.display())),
+        Ok(t) => parse(path, &t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
 
-/// Writes atomically (temp file + rename) so readers never see half a file.
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
+fn render(eps: Vec<LocalEndpoint>) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&EndpointsFile {
+        version: super::FORMAT_VERSION,
+        endpoints: eps,
+    })?)
 }
 
 /// The endpoints as the durable records say: every IPAM allocation whose
@@ -84,5 +113,25 @@ fn locked(path: &Path, f: impl FnOnce(&Path) -> Result<Vec<LocalEndpoint>>) -> R
         return Err(std::io::Error::last_os_error()).context("locking the endpoints file");
     }
     let eps = f(path)?;
-    write_atomic(path, &serde_json::to_string_pretty(&eps)?)
+    super::write_atomic(path, &render(eps)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_formats_read_and_a_newer_one_is_refused() {
+        let p = Path::new("/run/netfab/endpoints.json");
+        let ep = r#"{"ip":"10.244.1.2","network":"default","host_ifname":"nfabc","mac":"02:00:00:00:00:01"}"#;
+        let legacy = parse(p, &format!("[{ep}]")).unwrap();
+        assert_eq!(legacy.len(), 1);
+        let text = render(legacy.clone()).unwrap();
+        assert!(text.contains("\"version\": 1"), "{text}");
+        assert_eq!(parse(p, &text).unwrap(), legacy);
+        let newer = format!(r#"{{"version":99,"endpoints":[{ep}]}}"#);
+        let e = parse(p, &newer).unwrap_err().to_string();
+        assert!(e.contains("format version 99"), "{e}");
+        assert!(parse(p, "{garbage").is_err());
+    }
 }

@@ -1,0 +1,154 @@
+//! The run directory the agent and the CNI plugin share, and how each learns
+//! at once that the other wrote something: every file in it is replaced
+//! atomically (temp file + rename), so a watch for `IN_MOVED_TO` on the
+//! directory sees each new version exactly when it is complete. No polling:
+//! the agent wakes when `endpoints.json` changes, ADD wakes when
+//! `status.json` does.
+//!
+//! Files (names below, all JSON): `endpoints.json` (the plugin's containers,
+//! written under `endpoints.lock`), `leases.json` (subnets and MTU, from the
+//! agent), `status.json` (what the agent applied), `agent.lock` (one agent
+//! per node).
+pub mod endpoints;
+mod files;
+mod notify;
+
+use std::{
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+
+pub use self::{
+    endpoints::LocalEndpoint,
+    files::{LeaseFile, NetworkStatus, PeerStatus, Rejected, Status},
+    notify::{Changes, Waiter},
+};
+
+pub const ENDPOINTS: &str = "endpoints.json";
+pub const LEASES: &str = "leases.json";
+pub const STATUS: &str = "status.json";
+pub const AGENT_LOCK: &str = "agent.lock";
+pub const DEFAULT: &str = "/run/netfab";
+
+/// Version of the JSON files written here. A reader refuses a newer one
+/// with a clear error instead of misreading it (a plugin older than its
+/// agent, say, during an upgrade).
+pub const FORMAT_VERSION: u32 = 1;
+
+pub fn v1() -> u32 {
+    1
+}
+
+/// One host's run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn new(p: impl Into<PathBuf>) -> Self {
+        Self(p.into())
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn endpoints(&self) -> PathBuf {
+        self.0.join(ENDPOINTS)
+    }
+    pub fn leases(&self) -> PathBuf {
+        self.0.join(LEASES)
+    }
+    pub fn status(&self) -> PathBuf {
+        self.0.join(STATUS)
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.0.join(AGENT_LOCK)
+    }
+}
+
+/// Refuses a file written in a newer format than this binary knows.
+pub fn check_version(what: &Path, version: u32) -> Result<()> {
+    if version > FORMAT_VERSION {
+        anyhow::bail!(
+            "{} is format version {version}, this netfab reads up to {FORMAT_VERSION}: \
+             upgrade netfab-cni and netfab together",
+            what.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes atomically (temp file + rename) so readers never see half a file
+/// and a directory watch sees each version once, complete.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
+}
+
+/// Takes `agent.lock` (flock) for the life of the returned file, with this
+/// process's PID in it, or says who holds it: two agents for one node
+/// would fight over the same dataplane and leases.
+pub fn lock_agent(rd: &RunDir, node: &str) -> Result<std::fs::File> {
+    use std::io::Write;
+    std::fs::create_dir_all(rd.path())
+        .with_context(|| format!("creating {}", rd.path().display()))?;
+    let path = rd.lock();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on an fd we own; the lock lives as long as the file.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            "another netfab agent already runs for node {node} (it holds {}{}); \
+             stop it first: two agents would fight over the same dataplane and leases",
+            path.display(),
+            match holder.trim() {
+                "" => String::new(),
+                pid => format!(", PID {pid}"),
+            }
+        );
+    }
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn files_of_a_newer_format_are_refused_clearly() {
+        let p = Path::new("/run/netfab/leases.json");
+        check_version(p, FORMAT_VERSION).unwrap();
+        let e = check_version(p, FORMAT_VERSION + 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upgrade netfab-cni and netfab together"), "{e}");
+        // Files from before versioning read as version 1.
+        let lf: LeaseFile =
+            serde_json::from_str(r#"{"node":"h1","subnets":{},"mtu":1450}"#).unwrap();
+        assert_eq!(lf.version, 1);
+    }
+
+    #[test]
+    fn a_change_wakes_the_waiter_and_silence_times_out() {
+        let dir = std::env::temp_dir().join(format!("netfab-rundir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = Waiter::watch(&dir).unwrap();
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert!(!w.wait_for(STATUS, soon).unwrap(), "nothing was written");
+        write_atomic(&dir.join(STATUS), "{}").unwrap();
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(w.wait_for(STATUS, later).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
