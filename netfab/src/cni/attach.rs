@@ -1,7 +1,7 @@
 //! Wiring a container: a veth pair with the host end in the host namespace
 //! (MAC ee:ee:ee:ee:ee:ee, like Calico, so every container's gateway has the
-//! same MAC) and the other end moved into the container's namespace, renamed,
-//! addressed without an on-link prefix route (everything goes through the
+//! same MAC) and the other end created in the container's namespace under its
+//! final name, addressed without an on-link prefix route (everything goes through the
 //! gateway, i.e. through the datapath), with a default route and a permanent
 //! neighbour entry for the gateway.
 use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd};
@@ -13,7 +13,8 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags},
     route::RouteScope,
 };
-use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::{
     addr::{MacAddr, GATEWAY_MAC},
@@ -66,54 +67,46 @@ pub fn in_netns<T: Send + 'static>(
 
 /// Creates the veth pair and configures both ends. The caller removes the
 /// host end (and with it the pair) if this fails half-way.
+///
+/// The container end is created directly in the container's namespace,
+/// named, addressed (MAC) and sized there: moving a device between
+/// namespaces waits for an RCU grace period (about 13 ms here, most of an
+/// ADD's own time), creating it in place does not.
 pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<MacAddr> {
-    let peer_tmp = format!("{}p", &w.host_ifname[..w.host_ifname.len().min(14)]);
-    host.handle
-        .link()
-        .add(LinkVeth::new(w.host_ifname, &peer_tmp).build())
-        .execute()
-        .await
-        .with_context(|| format!("creating veth {}", w.host_ifname))?;
-    let links = host.links().await?;
-    let hidx = links
-        .get(w.host_ifname)
-        .map(|l| l.facts.ifindex)
-        .context("host veth vanished")?;
-    let pidx = links
-        .get(&peer_tmp)
-        .map(|l| l.facts.ifindex)
-        .context("peer veth vanished")?;
-    host.handle
-        .link()
-        .set(
-            LinkUnspec::new_with_index(hidx)
-                .address(GATEWAY_MAC.0.to_vec())
-                .mtu(w.mtu)
-                .up()
-                .build(),
-        )
-        .execute()
-        .await
-        .context("configuring the host veth")?;
-    let ns = File::open(w.netns).with_context(|| format!("opening {}", w.netns))?;
-    host.handle
-        .link()
-        .set(
-            LinkUnspec::new_with_index(pidx)
-                .setns_by_fd(ns.as_raw_fd())
-                .build(),
-        )
-        .execute()
-        .await
-        .context("moving the veth into the container")?;
-
     let mac = MacAddr::container_for(w.address.addr());
-    let (ifname, address, gateway, mtu) = (w.ifname.to_string(), w.address, w.gateway, w.mtu);
+    let ns = File::open(w.netns).with_context(|| format!("opening {}", w.netns))?;
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(w.ifname.to_string())
+        .address(mac.0.to_vec())
+        .mtu(w.mtu)
+        .setns_by_fd(ns.as_raw_fd())
+        .build();
+    let pair = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(w.host_ifname.to_string())
+        .address(GATEWAY_MAC.0.to_vec())
+        .mtu(w.mtu)
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    host.handle
+        .link()
+        .add(pair)
+        .execute()
+        .await
+        .with_context(|| {
+            format!(
+                "creating veth {} with its peer {} in {}",
+                w.host_ifname, w.ifname, w.netns
+            )
+        })?;
+    drop(ns);
+
+    let (ifname, address, gateway) = (w.ifname.to_string(), w.address, w.gateway);
     in_netns(w.netns, move |nl| {
         Box::pin(async move {
             let links = nl.links().await?;
             let idx = links
-                .get(&peer_tmp)
+                .get(&ifname)
                 .map(|l| l.facts.ifindex)
                 .context("veth not in the container")?;
             if let Some(lo) = links.get("lo") {
@@ -126,16 +119,11 @@ pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<MacAddr> {
             nl.handle
                 .link()
                 .set(
-                    LinkUnspec::new_with_index(idx)
-                        .name(ifname.clone())
-                        .address(mac.0.to_vec())
-                        .mtu(mtu)
-                        .up()
-                        .build(),
+                    LinkUnspec::new_with_index(idx).up().build(),
                 )
                 .execute()
                 .await
-                .with_context(|| format!("naming the container interface {ifname}"))?;
+                .with_context(|| format!("bringing {ifname} up"))?;
             let mut add = nl.handle.address().add(
                 idx,
                 std::net::IpAddr::V4(address.addr()),
