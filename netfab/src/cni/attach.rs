@@ -9,11 +9,11 @@ use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags},
     route::RouteScope,
 };
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::{
@@ -118,9 +118,7 @@ pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<MacAddr> {
             }
             nl.handle
                 .link()
-                .set(
-                    LinkUnspec::new_with_index(idx).up().build(),
-                )
+                .set(LinkUnspec::new_with_index(idx).up().build())
                 .execute()
                 .await
                 .with_context(|| format!("bringing {ifname} up"))?;
