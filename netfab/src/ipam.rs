@@ -47,6 +47,13 @@ impl Ipam {
         Ok(Self { dir })
     }
 
+    /// The allocations of `network` if any were ever made; creates nothing
+    /// (DEL and STATUS must not make directories).
+    pub fn open_existing(data_dir: &Path, network: &str) -> Option<Self> {
+        let dir = data_dir.join(network);
+        dir.is_dir().then_some(Self { dir })
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -63,17 +63,21 @@ pub enum NetworkError {
     },
 }
 
+/// A network name: 1-32 lowercase letters, digits and '-' (safe as a key
+/// segment and a directory name).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 impl NetworkConfig {
     /// Checks the network on its own.
     pub fn validate(&self) -> Result<(), NetworkError> {
         let name = self.name.clone();
-        let ok_name = !self.name.is_empty()
-            && self.name.len() <= 32
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !ok_name {
+        if !valid_name(&self.name) {
             return Err(NetworkError::BadName(name));
         }
         if self.cidr.trunc() != self.cidr {

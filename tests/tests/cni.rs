@@ -231,6 +231,21 @@ fn malformed_input_gets_the_spec_error_code_and_leaves_nothing_behind() {
         .remove("cniVersions");
     let mut unknown_net = good.clone();
     unknown_net["network"] = "nope".into();
+    let with = |key: &str, v: &str| {
+        let mut c = good.clone();
+        c[key] = v.into();
+        c.to_string().into_bytes()
+    };
+    let bad_ifname = {
+        let mut e = env("ADD", &id, &netns);
+        e[1] = ("CNI_IFNAME", "a:b");
+        e
+    };
+    let host_ns = format!("/run/netns/{}", t.host_ns(1));
+    let not_ns = lab::host_dir(&t.name, 1)
+        .join("leases.json")
+        .to_string_lossy()
+        .into_owned();
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u64);
     let cases: Vec<Case> = vec![
         (
@@ -263,6 +278,48 @@ fn malformed_input_gets_the_spec_error_code_and_leaves_nothing_behind() {
             unknown_net.to_string().into_bytes(),
             7,
         ),
+        (
+            "an interface name the kernel refuses",
+            bad_ifname,
+            good.to_string().into_bytes(),
+            4,
+        ),
+        (
+            "CNI_NETNS naming the plugin's own (host) namespace",
+            env("ADD", &id, &host_ns),
+            good.to_string().into_bytes(),
+            4,
+        ),
+        (
+            "CNI_NETNS naming a file that is no namespace",
+            env("ADD", &id, &not_ns),
+            good.to_string().into_bytes(),
+            4,
+        ),
+        (
+            "a network name that climbs out of the data dir",
+            env("DEL", &id, &netns),
+            with("network", "../../.."),
+            7,
+        ),
+        (
+            "a relative runDir",
+            env("DEL", &id, &netns),
+            with("runDir", "run/x"),
+            7,
+        ),
+        (
+            "a dataDir with ..",
+            env("ADD", &id, &netns),
+            with("dataDir", "/var/lib/netfab/../../../tmp"),
+            7,
+        ),
+        (
+            "STATUS of a network this host has no subnet in",
+            env("STATUS", "", ""),
+            with("network", "nope"),
+            50,
+        ),
     ];
     for (what, e, stdin, code) in cases {
         let (ok, out) = cni::invoke(t, 1, &e, &stdin).unwrap();
@@ -280,6 +337,26 @@ fn malformed_input_gets_the_spec_error_code_and_leaves_nothing_behind() {
         out["msg"].as_str().unwrap().contains("CNI_NETNS"),
         "names the variable: {out}"
     );
+    // DEL of a well-formed but unknown network and run dir succeeds (DEL
+    // is idempotent) and creates no directory.
+    let scratch = std::env::temp_dir().join(format!("netfab-cni-del-{}", std::process::id()));
+    let mut del_conf = good.clone();
+    del_conf["network"] = "never-made".into();
+    del_conf["runDir"] = scratch.join("run").to_string_lossy().into();
+    del_conf["dataDir"] = scratch.join("data").to_string_lossy().into();
+    let (ok, out) = cni::invoke(
+        t,
+        1,
+        &env("DEL", &id, &netns),
+        del_conf.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(!scratch.exists(), "DEL created {}", scratch.display());
+    assert!(!lab::host_dir(&t.name, 1)
+        .join("ipam")
+        .join("never-made")
+        .exists());
 }
 
 #[test]

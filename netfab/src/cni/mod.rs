@@ -104,6 +104,7 @@ fn dispatch(env: &Env, stdin: &[u8], version: &mut String) -> Result<Option<Valu
             format!("type is `{}`, not netfab-cni", conf.kind),
         ));
     }
+    conf.validate()?;
     match cmd {
         "ADD" => add(env, &conf, version).map(Some),
         "DEL" => del(env, &conf).map(|()| None),
@@ -171,18 +172,8 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
         env.netns.clone().unwrap_or_default(),
         env.ifname.clone().unwrap_or_default(),
     );
-    if !std::path::Path::new(&netns).exists() {
-        return Err(CniError::new(
-            code::INVALID_ENV,
-            format!("CNI_NETNS {netns} does not exist"),
-        ));
-    }
-    if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
-        return Err(CniError::new(
-            code::INVALID_ENV,
-            format!("CNI_IFNAME `{ifname}` is not a valid interface name"),
-        ));
-    }
+    check_netns(&netns)?;
+    check_ifname(&ifname)?;
     let (subnet, mtu) = lease(conf)?;
     let ipam = ipam(conf)?;
     let host_ifname = attach::host_ifname(&cid, &ifname);
@@ -321,6 +312,42 @@ fn wait_programmed(
 }
 
 /// Removes the host veth (and so the pair) if it exists.
+fn check_ifname(ifname: &str) -> Result<(), CniError> {
+    if !types::valid_ifname(ifname) {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_IFNAME `{ifname}` is not a valid interface name"),
+        ));
+    }
+    Ok(())
+}
+
+/// CNI_NETNS must be a network namespace, and not the plugin's own (the
+/// host's): wiring that one would put the container end on the host.
+fn check_netns(netns: &str) -> Result<(), CniError> {
+    use std::os::unix::{ffi::OsStrExt, fs::MetadataExt};
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let bad = |m: String| CniError::new(code::INVALID_ENV, m);
+    let meta = std::fs::metadata(netns)
+        .map_err(|e| bad(format!("CNI_NETNS {netns} does not exist ({e})")))?;
+    let c = std::ffi::CString::new(std::path::Path::new(netns).as_os_str().as_bytes())
+        .map_err(|_| bad(format!("CNI_NETNS {netns:?} is not a path")))?;
+    // SAFETY: statfs fills a zeroed struct we own, from a NUL-terminated path.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the pointers live for the duration of the call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0 || fs.f_type as i64 != NSFS_MAGIC {
+        return Err(bad(format!("CNI_NETNS {netns} is not a network namespace")));
+    }
+    let own = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| CniError::new(code::IO, format!("reading /proc/self/ns/net: {e}")))?;
+    if (meta.dev(), meta.ino()) == (own.dev(), own.ino()) {
+        return Err(bad(format!(
+            "CNI_NETNS {netns} is the plugin's own (the host's) network namespace"
+        )));
+    }
+    Ok(())
+}
+
 fn remove_veth(host_ifname: &str) -> Result<(), CniError> {
     runtime()?.block_on(async { Netlink::connect()?.delete(host_ifname).await.map(|_| ()) })?;
     Ok(())
@@ -341,12 +368,43 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     env.require(&["CNI_CONTAINERID", "CNI_IFNAME"])?;
     let cid = env.container_id.clone().unwrap_or_default();
     let ifname = env.ifname.clone().unwrap_or_default();
+    check_ifname(&ifname)?;
     let host_ifname = attach::host_ifname(&cid, &ifname);
-    // Each step tolerates what is already gone; DEL must be repeatable.
-    let freed = ipam(conf)?.release(&cid, &ifname)?;
+    // Each step tolerates what is already gone; DEL must be repeatable, and
+    // creates nothing that is not there.
+    let freed = match Ipam::open_existing(std::path::Path::new(&conf.data_dir), &conf.network) {
+        Some(ipam) => ipam.release(&cid, &ifname)?,
+        None => Vec::new(),
+    };
     remove_veth(&host_ifname)?;
-    forget_endpoint(conf, &host_ifname, &freed)?;
+    if run_dir(conf).is_dir() {
+        forget_endpoint(conf, &host_ifname, &freed)?;
+    }
     Ok(())
+}
+
+/// Our address and gateway in a (possibly chained) previous result: the IP
+/// entry whose interface is `ifname` inside a sandbox. Entries of other
+/// plugins (loopback's 127.0.0.1/8, a second attachment) are not ours.
+fn our_ip(prev: &Value, ifname: &str) -> (Option<Ipv4Net>, Option<std::net::Ipv4Addr>) {
+    let ifaces = prev["interfaces"].as_array().cloned().unwrap_or_default();
+    let ours = |ip: &&Value| {
+        ip["interface"]
+            .as_u64()
+            .and_then(|i| ifaces.get(i as usize))
+            .is_some_and(|i| {
+                i["name"].as_str() == Some(ifname)
+                    && i["sandbox"].as_str().is_some_and(|s| !s.is_empty())
+            })
+    };
+    let ips = prev["ips"].as_array().cloned().unwrap_or_default();
+    let Some(ip) = ips.iter().find(ours) else {
+        return (None, None);
+    };
+    (
+        ip["address"].as_str().and_then(|a| a.parse().ok()),
+        ip["gateway"].as_str().and_then(|g| g.parse().ok()),
+    )
 }
 
 fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
@@ -354,28 +412,22 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let cid = env.container_id.clone().unwrap_or_default();
     let ifname = env.ifname.clone().unwrap_or_default();
     let netns = env.netns.clone().unwrap_or_default();
+    check_netns(&netns)?;
+    check_ifname(&ifname)?;
     let prev = conf
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult"))?;
-    let want: Option<Ipv4Net> = prev["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["address"].as_str()?.parse().ok())
-        .next();
-    let want_gw: Option<std::net::Ipv4Addr> = prev["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["gateway"].as_str()?.parse().ok())
-        .next();
+    let (want, want_gw) = our_ip(prev, &ifname);
     let mut problems = Vec::new();
     let held: Vec<_> = ipam(conf)?
         .list()?
         .into_iter()
         .filter(|(_, a)| a.container_id == cid && a.ifname == ifname)
         .collect();
+    if want.is_none() {
+        problems.push(format!("prevResult has no address for {ifname}"));
+    }
     match (&want, held.first()) {
         (Some(w), Some((ip, _))) if w.addr() != *ip => {
             problems.push(format!("allocation is {ip}, result says {w}"))
@@ -478,8 +530,58 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
             "the netfab agent cannot reach etcd",
         ));
     }
+    // Ready means an ADD for this network could succeed now.
+    let (subnet, _) = lease(conf).map_err(|e| e.with_code(code::NOT_AVAILABLE))?;
+    let used = Ipam::open_existing(std::path::Path::new(&conf.data_dir), &conf.network)
+        .map(|i| i.list().map(|l| l.len()))
+        .transpose()?
+        .unwrap_or(0);
+    // Every host address but the gateway can be a container's.
+    let capacity = subnet.hosts().count().saturating_sub(1);
+    if used >= capacity {
+        return Err(CniError::new(
+            code::NOT_AVAILABLE,
+            format!(
+                "network `{}` is exhausted on this host: all {capacity} addresses of {subnet} are allocated",
+                conf.network
+            ),
+        ));
+    }
     Ok(())
 }
 
 /// The agent reports at least every resync interval (10 s by default).
 const STALE_SECS: u64 = 30;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_finds_our_address_among_other_plugins_entries() {
+        // loopback put 127.0.0.1/8 first; a second attachment sits in the
+        // same sandbox under another name.
+        let prev = serde_json::json!({
+            "interfaces": [
+                {"name": "lo", "sandbox": "/run/netns/c"},
+                {"name": "nf0123456789a", "mac": "ee:ee:ee:ee:ee:ee"},
+                {"name": "eth0", "sandbox": "/run/netns/c"},
+                {"name": "eth1", "sandbox": "/run/netns/c"}
+            ],
+            "ips": [
+                {"address": "127.0.0.1/8", "interface": 0},
+                {"address": "10.244.1.5/24", "gateway": "10.244.1.1", "interface": 2},
+                {"address": "10.245.1.5/24", "gateway": "10.245.1.1", "interface": 3}
+            ]
+        });
+        let (ip, gw) = our_ip(&prev, "eth0");
+        assert_eq!(ip, Some("10.244.1.5/24".parse().unwrap()));
+        assert_eq!(gw, Some("10.244.1.1".parse().unwrap()));
+        assert_eq!(
+            our_ip(&prev, "eth1").0,
+            Some("10.245.1.5/24".parse().unwrap())
+        );
+        // The host-side interface (no sandbox) never matches.
+        assert_eq!(our_ip(&prev, "nf0123456789a"), (None, None));
+    }
+}

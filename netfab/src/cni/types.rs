@@ -103,22 +103,56 @@ pub struct Attachment {
     pub ifname: String,
 }
 
-fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
-    let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
-    Some((it.next()??, it.next()??, it.next()??))
+/// A directory path from the configuration: absolute, no `..` (a config
+/// must not steer the plugin outside the directories it names).
+fn valid_dir(p: &str) -> bool {
+    let path = std::path::Path::new(p);
+    path.is_absolute()
+        && !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
+/// An interface name the kernel accepts: 1-15 bytes, not `.` or `..`, no
+/// '/', ':' or whitespace.
+pub fn valid_ifname(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() < 16
+        && n != "."
+        && n != ".."
+        && !n.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 impl NetConf {
-    /// The version to speak: the highest of `cniVersions` we support, else
-    /// `cniVersion` if we support it.
+    /// Checks what the plugin turns into paths, before anything touches disk.
+    pub fn validate(&self) -> Result<(), CniError> {
+        if !crate::network::valid_name(&self.network) {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "network `{}` is not a netfab network name (1-32 lowercase letters, digits, '-')",
+                    self.network
+                ),
+            ));
+        }
+        for (what, dir) in [("runDir", &self.run_dir), ("dataDir", &self.data_dir)] {
+            if !valid_dir(dir) {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("{what} `{dir}` must be an absolute path without `..`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The version to speak: `cniVersion`, which the runtime sets to the
+    /// version it chose for the whole list (`cniVersions` only says what
+    /// the list could be spoken in).
     pub fn negotiate(&self) -> Result<String, CniError> {
-        let mut offered: Vec<&str> = self.cni_versions.iter().map(String::as_str).collect();
-        offered.push(&self.cni_version);
-        offered
-            .into_iter()
-            .filter(|v| SUPPORTED.contains(v))
-            .max_by_key(|v| parse_version(v))
-            .map(str::to_string)
+        SUPPORTED
+            .contains(&self.cni_version.as_str())
+            .then(|| self.cni_version.clone())
             .ok_or_else(|| {
                 CniError::new(
                     code::INCOMPATIBLE_VERSION,
@@ -201,16 +235,49 @@ impl AddResult {
 mod tests {
     use super::*;
 
+    #[test]
+    fn paths_and_names_from_the_config_are_checked() {
+        let conf = |network: &str, run: &str, data: &str| NetConf {
+            cni_version: "1.0.0".into(),
+            cni_versions: Vec::new(),
+            name: "n".into(),
+            kind: "netfab-cni".into(),
+            network: network.into(),
+            run_dir: run.into(),
+            data_dir: data.into(),
+            prev_result: None,
+            valid_attachments: None,
+        };
+        assert!(conf("default", "/run/netfab", "/var/lib/netfab/ipam")
+            .validate()
+            .is_ok());
+        for bad in [
+            conf("../../..", "/run/netfab", "/var/lib/x"),
+            conf("Default", "/run/netfab", "/var/lib/x"),
+            conf("default", "run/netfab", "/var/lib/x"),
+            conf("default", "/run/../etc", "/var/lib/x"),
+            conf("default", "/run/netfab", "/var/lib/../../tmp"),
+        ] {
+            assert_eq!(bad.validate().unwrap_err().code, code::INVALID_CONFIG);
+        }
+        assert!(valid_ifname("eth0"));
+        for bad in ["", ".", "..", "a:b", "a b", "a/b", "sixteen-chars-xx"] {
+            assert!(!valid_ifname(bad), "{bad}");
+        }
+    }
+
     fn conf(j: &str) -> NetConf {
         serde_json::from_str(j).unwrap()
     }
 
     #[test]
-    fn negotiates_the_highest_supported_version() {
+    fn speaks_the_version_the_runtime_chose() {
+        // cniVersions says what the list could speak; the runtime's choice
+        // is cniVersion.
         let c = conf(
             r#"{"cniVersion":"1.0.0","cniVersions":["1.0.0","1.1.0","9.9.9"],"name":"n","type":"netfab-cni"}"#,
         );
-        assert_eq!(c.negotiate().unwrap(), "1.1.0");
+        assert_eq!(c.negotiate().unwrap(), "1.0.0");
         let c = conf(r#"{"cniVersion":"0.4.0","name":"n","type":"netfab-cni"}"#);
         assert_eq!(c.negotiate().unwrap(), "0.4.0");
         let c = conf(r#"{"cniVersion":"0.3.1","name":"n","type":"netfab-cni"}"#);
