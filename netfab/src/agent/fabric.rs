@@ -382,16 +382,23 @@ impl<S: SubnetStore> Fabric<S> {
         let mut reports = Vec::new();
         for ev in events {
             let at = ev.at();
-            let name = self.store.name(at);
+            // Names are for reports: built only when one is made or cleared.
+            let name = || self.store.name(at);
             match ev {
                 LeaseEvent::Put { value, created, .. } => match snap.put(at, value, *created) {
-                    Ok(()) => {
-                        self.bad.remove(&name);
+                    Ok(()) if !self.bad.is_empty() => {
+                        self.bad.remove(&name());
                     }
-                    Err(reason) => reports.push(BadEntry { key: name, reason }),
+                    Ok(()) => {}
+                    Err(reason) => reports.push(BadEntry {
+                        key: name(),
+                        reason,
+                    }),
                 },
                 LeaseEvent::Delete { .. } => {
-                    self.bad.remove(&name);
+                    if !self.bad.is_empty() {
+                        self.bad.remove(&name());
+                    }
                     if let Some(b) = snap.delete(&self.store, at) {
                         reports.push(b);
                     }
@@ -436,6 +443,8 @@ impl<S: SubnetStore> Fabric<S> {
                 self.lost(&why);
                 return true;
             }
+            // A keep-alive answer: nothing changed, nothing to acquire.
+            StoreEvent::Changes(events) if events.is_empty() => return false,
             StoreEvent::Changes(events) => events,
         };
         let (changed, repairs) = self.on_events(&events);

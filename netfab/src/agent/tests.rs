@@ -101,25 +101,36 @@ async fn next_change(
     .expect("no change reached the dataplane within 5 s")
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn lease_events_reach_the_dataplane_as_deltas() {
-    let dir = tmpdir("deltas");
+/// A store holding network `default` and peer h9's lease.
+fn seeded_store() -> MemoryStore {
     let store = MemoryStore::default();
     store.put(
         config(),
         br#"{"name":"default","cidr":"10.244.0.0/16","subnet_len":24,"vni":1}"#,
     );
     store.put(lease_at("10.244.9.0/24"), &peer("h9", "100.64.0.9"));
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let lc = LoopConfig {
+    store
+}
+
+fn loop_cfg(status_file: Option<PathBuf>) -> LoopConfig {
+    LoopConfig {
         node: "h1".into(),
+        // Long: every change in these tests must come from an event.
         resync: Duration::from_secs(3600),
-        status_file: Some(dir.join("status.json")),
+        status_file,
         dataplane_reason: "test".into(),
         underlay_net: Some("100.64.0.1/24".parse().unwrap()),
         container_mtu: 1450,
-    };
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn lease_events_reach_the_dataplane_as_deltas() {
+    let dir = tmpdir("deltas");
+    let store = seeded_store();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let lc = loop_cfg(Some(dir.join("status.json")));
     let mut src = Fabric::new(cfg(&dir), store.clone());
     let mut dp = Recorder(tx);
     let agent = run(&lc, &mut src, &mut dp, async {
@@ -216,22 +227,10 @@ async fn lease_events_reach_the_dataplane_as_deltas() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_lost_session_keeps_the_state_and_reopens() {
     let dir = tmpdir("lost");
-    let store = MemoryStore::default();
-    store.put(
-        config(),
-        br#"{"name":"default","cidr":"10.244.0.0/16","subnet_len":24,"vni":1}"#,
-    );
-    store.put(lease_at("10.244.9.0/24"), &peer("h9", "100.64.0.9"));
+    let store = seeded_store();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (stop, stopped) = oneshot::channel::<()>();
-    let lc = LoopConfig {
-        node: "h1".into(),
-        resync: Duration::from_secs(3600),
-        status_file: None,
-        dataplane_reason: "test".into(),
-        underlay_net: None,
-        container_mtu: 1450,
-    };
+    let lc = loop_cfg(None);
     let mut c = cfg(&dir);
     // The peer's lease goes with the sessions below: it must stay routed.
     c.lease_grace = Duration::from_secs(3600);

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 
-use super::{KeyKind, Keys, Naming};
+use super::{KeyKind, Naming};
 use crate::{
     lease::{parse_subnet_key, SubnetLease},
     network::NetworkConfig,
@@ -48,6 +48,7 @@ pub struct BadEntry {
 }
 
 /// One listed key: name, value, create revision.
+#[cfg(test)]
 pub type ListedKv<'a> = (&'a str, &'a [u8], i64);
 
 /// One listed record: what it is, value, create revision.
@@ -101,9 +102,10 @@ impl Snapshot {
     }
 
     /// Builds the view from a listing of etcd keys (keys outside the layout
-    /// are ignored).
+    /// are ignored). Tests write their fixtures this way.
+    #[cfg(test)]
     pub fn from_kvs<'a>(
-        keys: &Keys,
+        keys: &super::Keys,
         kvs: impl IntoIterator<Item = ListedKv<'a>>,
         revision: i64,
         prev: Option<&Snapshot>,
@@ -284,6 +286,7 @@ const ORPHAN_REASON: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Keys;
 
     const NET: &str = r#"{"name":"default","cidr":"10.244.0.0/16","subnet_len":24,"vni":1}"#;
     const LEASE: &str = r#"{"node":"h1","underlay_ip":"100.64.0.1","vtep_mac":"0e:6e:64:40:00:01","dataplane":"ebpf","agent_version":"0.1.0"}"#;

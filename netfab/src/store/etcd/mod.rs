@@ -338,9 +338,4 @@ impl EtcdStore {
             .first()
             .map(|kv| (kv.value().to_vec(), kv.create_revision(), kv.mod_revision())))
     }
-
-    pub async fn put_raw(&mut self, key: &str, value: &[u8]) -> Result<()> {
-        deadline("put", self.timeout, self.client.put(key, value, None)).await?;
-        Ok(())
-    }
 }
