@@ -2,14 +2,15 @@
 # Installs everything netfab needs on a fresh Debian 12 machine, idempotently:
 # Debian packages (Debian's rustc-web ships a prebuilt `core` for bpfel, see
 # ../shared/docs/ebpf-toolchain.md), bpf-linker built against LLVM 22, and
-# etcd/iperf3/tcpdump for the lab and the tests. Safe to run again: every step
+# etcd/iperf3/tcpdump for the lab and the tests, and the upstream CNI library
+# (Go, built by the tests) and plugins the CNI tests chain with. Safe to run again: every step
 # checks first.
 set -euo pipefail
 
 APT_PKGS=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev bpftool
           iproute2 iputils-ping iperf3 tcpdump etcd-server etcd-client iptables nftables
           protobuf-compiler libprotobuf-dev librsvg2-bin ca-certificates pkg-config
-          python3-scapy)
+          python3-scapy golang-go golang-github-appc-cni-dev containernetworking-plugins)
 BPF_LINKER_VERSION=0.13.0
 
 log() { printf '[setup] %s\n' "$*" >&2; }
