@@ -25,6 +25,12 @@ pub struct Allocation {
     pub netns: String,
     /// The host side of the container's veth.
     pub host_ifname: String,
+    /// The CNI network (the configuration's `name`) that made it: GC of one
+    /// CNI network must leave another's containers alone even when both
+    /// use the same netfab network and data directory. Empty in records
+    /// written before it was kept; GC leaves those to `netfab ipam`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cni_network: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +175,7 @@ mod tests {
             ifname: "eth0".into(),
             netns: "/x".into(),
             host_ifname: "nfx".into(),
+            cni_network: "netfab".into(),
         }
     }
 

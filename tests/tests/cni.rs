@@ -429,6 +429,54 @@ fn leaks_are_found_and_freed_by_release_and_by_gc() {
     assert_eq!(st.received, 1, "the valid container still works");
 }
 
+/// Two CNI networks (two configurations, as two runtimes or two conflists
+/// would have) on the same netfab network and data directory: GC of one
+/// leaves the other's containers attached and working.
+#[test]
+fn gc_of_one_cni_network_leaves_another_cni_networks_containers_alone() {
+    require_privileges!();
+    let lab = LabGuard::up("cnig", 2, 1);
+    let t = &lab.topo;
+    let mut a = cni::conf(t, 1, "default");
+    a["name"] = "runtime-a".into();
+    let mut b = a.clone();
+    b["name"] = "runtime-b".into();
+    let (id_a, ns_a) = new_container(t, "ga");
+    let (id_b, ns_b) = new_container(t, "gb");
+    assert!(call(t, "ADD", &id_a, &ns_a, &a).0);
+    let (ok, rb) = call(t, "ADD", &id_b, &ns_b, &b);
+    assert!(ok, "{rb}");
+    let before = allocations(t);
+
+    // Runtime A collects with nothing valid: only its own container goes.
+    let mut gc = a.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let (ok, out) = call(t, "GC", "", "", &gc);
+    assert!(ok, "{out}");
+    assert_eq!(allocations(t), before - 1, "only runtime A's address freed");
+    let links = host_links(t);
+    assert!(
+        !links.contains(&host_ifname(&id_a, "eth0")),
+        "A's veth gone"
+    );
+    assert!(links.contains(&host_ifname(&id_b, "eth0")), "B's veth kept");
+    let st = ping(&id_b, &t.container_ip(2, 1).to_string(), 3, "0.05").unwrap();
+    assert_eq!(st.received, 3, "B's container still reaches host 2");
+    let mut check = b.clone();
+    check["prevResult"] = rb;
+    let (ok, out) = call(t, "CHECK", &id_b, &ns_b, &check);
+    assert!(ok, "B's attachment intact: {out}");
+    // The lab's own containers (a third CNI network name) were not touched.
+    let st = ping(
+        &t.container_ns(1, 1),
+        &t.container_ip(2, 1).to_string(),
+        1,
+        "0.05",
+    )
+    .unwrap();
+    assert_eq!(st.received, 1);
+}
+
 #[test]
 fn plugin_containers_reach_each_other_through_ebpf_and_through_kernel_vxlan() {
     require_privileges!();

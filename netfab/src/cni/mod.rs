@@ -182,6 +182,7 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
         ifname: ifname.clone(),
         netns: netns.clone(),
         host_ifname: host_ifname.clone(),
+        cni_network: conf.name.clone(),
     };
     let ip = ipam.allocate(subnet, &alloc).map_err(|e| match e {
         IpamError::Exhausted(_) => CniError::new(code::EXHAUSTED, e.to_string()),
@@ -474,7 +475,9 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     }
 }
 
-/// Releases every allocation of this network not in the valid list.
+/// Releases every allocation of this CNI network (the configuration's
+/// `name`) not in the valid list. Other CNI networks sharing the netfab
+/// network and data directory are not this GC's to judge.
 fn gc(conf: &NetConf) -> Result<(), CniError> {
     let valid: BTreeSet<(String, String)> = conf
         .valid_attachments
@@ -482,9 +485,13 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         .flatten()
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
-    let ipam = ipam(conf)?;
+    let Some(ipam) = Ipam::open_existing(std::path::Path::new(&conf.data_dir), &conf.network)
+    else {
+        return Ok(());
+    };
     for (ip, a) in ipam.list()? {
-        if valid.contains(&(a.container_id.clone(), a.ifname.clone())) {
+        if a.cni_network != conf.name || valid.contains(&(a.container_id.clone(), a.ifname.clone()))
+        {
             continue;
         }
         ipam.release_ip(ip)?;
