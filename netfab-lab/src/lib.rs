@@ -305,6 +305,11 @@ pub fn stop_agent(name: &str, h: u32, hard: bool) -> Result<()> {
     Ok(())
 }
 
+/// SIGKILLs host `h`'s agent and leaves its files as a crash would.
+pub fn crash_agent(name: &str, h: u32) -> Result<()> {
+    procs::stop(name, &procs::agent_name(h), true)
+}
+
 fn status_path(name: &str, h: u32) -> PathBuf {
     host_dir(name, h).join(netfab::rundir::STATUS)
 }

@@ -162,6 +162,74 @@ fn status_follows_the_agent_and_etcd() {
     });
 }
 
+/// A crashed agent is noticed at once: its status file still looks fresh,
+/// but nothing holds its lock. ADD refuses quickly and retryably, leaving
+/// nothing behind, and works again (first ping answered) once it is back.
+#[test]
+fn agent_killed_status_turns_unready_and_add_fails_fast_leaving_nothing() {
+    require_privileges!();
+    let lab = LabGuard::up("cnid", 2, 1);
+    let t = &lab.topo;
+    let conf = cni::conf(t, 1, "default");
+    assert!(call(t, "STATUS", "", "", &conf).0, "ready at first");
+    let status_file = lab::host_dir(&t.name, 1).join(netfab::rundir::STATUS);
+    lab::crash_agent(&t.name, 1).unwrap();
+    let killed = std::time::Instant::now();
+    assert!(
+        status_file.exists(),
+        "the crash left its last status behind"
+    );
+    let out = wait_for("STATUS not ready", Duration::from_secs(1), || {
+        let (ok, out) = call(t, "STATUS", "", "", &conf);
+        (!ok).then_some(out)
+    });
+    eprintln!("STATUS said not ready {:?} after SIGKILL", killed.elapsed());
+    assert_eq!(out["code"], 50, "{out}");
+    assert!(
+        out["msg"].as_str().unwrap().contains("not running"),
+        "{out}"
+    );
+
+    let links = host_links(t);
+    let allocs = allocations(t);
+    let eps = endpoints::load(&lab::host_dir(&t.name, 1).join("endpoints.json")).unwrap();
+    let (id, netns) = new_container(t, "d1");
+    let start = std::time::Instant::now();
+    let (ok, out) = call(t, "ADD", &id, &netns, &conf);
+    let took = start.elapsed();
+    assert!(!ok, "ADD without an agent must fail: {out}");
+    assert_eq!(out["code"], 11, "retryable (try again later): {out}");
+    assert!(took < Duration::from_secs(2), "ADD failed fast ({took:?})");
+    assert_eq!(host_links(t), links, "no veth left");
+    assert_eq!(allocations(t), allocs, "no address left allocated");
+    assert_eq!(
+        endpoints::load(&lab::host_dir(&t.name, 1).join("endpoints.json")).unwrap(),
+        eps,
+        "no endpoint registered"
+    );
+    let inside = sh::ip_in(&id, &["-o", "link"]).unwrap();
+    assert!(
+        !inside.contains("eth0"),
+        "nothing in the container: {inside}"
+    );
+
+    lab::start_agent(t, 1, None).unwrap();
+    wait_for("ready again", Duration::from_secs(15), || {
+        call(t, "STATUS", "", "", &conf).0.then_some(())
+    });
+    let (ok, r) = call(t, "ADD", &id, &netns, &conf);
+    assert!(ok, "ADD after the agent returned: {r}");
+    let ip = r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let st = ping(&t.container_ns(2, 1), &ip, 1, "0.05").unwrap();
+    assert_eq!(st.received, 1, "first ping to the new container answered");
+}
+
 #[test]
 fn fifty_concurrent_adds_get_distinct_addresses_and_all_are_released() {
     require_privileges!();

@@ -174,6 +174,9 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
     );
     check_netns(&netns)?;
     check_ifname(&ifname)?;
+    // No agent, no network: fail before allocating, so nothing is left
+    // behind and the runtime retries.
+    require_agent(conf)?;
     let (subnet, mtu) = lease(conf)?;
     let ipam = ipam(conf)?;
     let host_ifname = attach::host_ifname(&cid, &ifname);
@@ -281,6 +284,8 @@ fn wait_programmed(
     let path = run_dir(conf).join(crate::rundir::STATUS);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
+        // An agent that dies meanwhile will never report: say so at once.
+        require_agent(conf)?;
         let st = read_status(&path)?;
         if st.programmed.contains(&(ip, host_ifindex)) {
             return Ok(());
@@ -300,9 +305,10 @@ fn wait_programmed(
             )));
         }
         // Woken by the agent's next report; polling only without inotify.
+        let next = deadline.min(std::time::Instant::now() + LIVENESS_PROBE);
         match waiter.as_mut() {
             Some(w) => {
-                if let Err(e) = w.wait_for(crate::rundir::STATUS, deadline) {
+                if let Err(e) = w.wait_for(crate::rundir::STATUS, next) {
                     eprintln!("netfab-cni: {e:#}; polling instead");
                     waiter = None;
                 }
@@ -312,7 +318,25 @@ fn wait_programmed(
     }
 }
 
-/// Removes the host veth (and so the pair) if it exists.
+/// How often ADD, while waiting for the agent, checks that it still lives.
+const LIVENESS_PROBE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A running agent holds its lock; a dead one (even SIGKILLed a moment ago)
+/// does not, whatever its last status file says.
+fn require_agent(conf: &NetConf) -> Result<(), CniError> {
+    let rd = crate::rundir::RunDir::new(run_dir(conf));
+    match crate::rundir::agent_alive(&rd) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(
+            CniError::new(code::TRY_AGAIN, "the netfab agent is not running").details(format!(
+                "no process holds {}; start the agent (or wait for it to restart) and retry",
+                rd.lock().display()
+            )),
+        ),
+        Err(e) => Err(CniError::new(code::IO, format!("{e:#}"))),
+    }
+}
+
 fn check_ifname(ifname: &str) -> Result<(), CniError> {
     if !types::valid_ifname(ifname) {
         return Err(CniError::new(
@@ -349,6 +373,7 @@ fn check_netns(netns: &str) -> Result<(), CniError> {
     Ok(())
 }
 
+/// Removes the host veth (and so the pair) if it exists.
 fn remove_veth(host_ifname: &str) -> Result<(), CniError> {
     runtime()?.block_on(async { Netlink::connect()?.delete(host_ifname).await.map(|_| ()) })?;
     Ok(())
@@ -529,6 +554,7 @@ fn read_status(path: &std::path::Path) -> Result<Status, CniError> {
 
 /// Ready when the agent reports recently and is connected to etcd.
 fn status(conf: &NetConf) -> Result<(), CniError> {
+    require_agent(conf).map_err(|e| e.with_code(code::NOT_AVAILABLE))?;
     let path = run_dir(conf).join(crate::rundir::STATUS);
     let st = read_status(&path).map_err(|e| e.with_code(code::NOT_AVAILABLE))?;
     if !st.etcd_connected {

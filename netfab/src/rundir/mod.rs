@@ -101,8 +101,15 @@ pub fn lock_agent(rd: &RunDir, node: &str) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
+    // A plugin probing the lock (see `agent_alive`) holds it for an instant;
+    // only a lock held for a whole second is another agent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     // SAFETY: flock on an fd we own; the lock lives as long as the file.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
         let holder = std::fs::read_to_string(&path).unwrap_or_default();
         bail!(
             "another netfab agent already runs for node {node} (it holds {}{}); \
@@ -117,6 +124,30 @@ pub fn lock_agent(rd: &RunDir, node: &str) -> Result<std::fs::File> {
     f.set_len(0)?;
     write!(f, "{}", std::process::id())?;
     Ok(f)
+}
+
+/// Whether an agent holds `agent.lock` right now. The kernel drops the lock
+/// the moment the agent's process ends, however it ends, so a crashed
+/// agent is noticed at once, where its last status file would look fresh
+/// for a while. Creates nothing.
+pub fn agent_alive(rd: &RunDir) -> Result<bool> {
+    let f = match std::fs::File::open(rd.lock()) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", rd.lock().display())),
+    };
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        // SAFETY: as above; releasing at once so a starting agent gets it.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        return Ok(false);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(true)
+    } else {
+        Err(err).with_context(|| format!("probing {}", rd.lock().display()))
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +168,21 @@ mod tests {
         let lf: LeaseFile =
             serde_json::from_str(r#"{"node":"h1","subnets":{},"mtu":1450}"#).unwrap();
         assert_eq!(lf.version, 1);
+    }
+
+    #[test]
+    fn the_lock_tells_whether_an_agent_lives() {
+        let dir = std::env::temp_dir().join(format!("netfab-lock-{}", std::process::id()));
+        let rd = RunDir::new(&dir);
+        assert!(!agent_alive(&rd).unwrap(), "no lock file: no agent");
+        assert!(!dir.exists(), "probing created nothing");
+        let held = lock_agent(&rd, "n1").unwrap();
+        assert!(agent_alive(&rd).unwrap());
+        let e = lock_agent(&rd, "n1").unwrap_err().to_string();
+        assert!(e.contains("another netfab agent"), "{e}");
+        drop(held);
+        assert!(!agent_alive(&rd).unwrap(), "released with its holder");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
