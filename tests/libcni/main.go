@@ -12,6 +12,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -23,7 +24,9 @@ import (
 
 func fail(err error) {
 	out := map[string]interface{}{"code": 0, "msg": err.Error()}
-	if e, ok := err.(*types.Error); ok {
+	// libcni wraps the plugin's error with the plugin's name.
+	var e *types.Error
+	if errors.As(err, &e) {
 		out["code"] = e.Code
 		out["msg"] = e.Msg
 		out["details"] = e.Details

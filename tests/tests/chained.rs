@@ -4,7 +4,7 @@
 use netfab::cni::attach::host_ifname;
 use netfab_lab::{
     cni,
-    demo::{iperf3, IperfServer},
+    demo::{iperf3, ping, IperfServer},
     sh,
     topology::Topology,
 };
@@ -141,4 +141,159 @@ fn libcni_add_check_del_twice_chained_with_tuning_portmap_and_firewall() {
         }
         sh::ip(&["netns", "del", &ctr]).unwrap();
     }
+}
+
+fn link_mac(ns: &str, ifname: &str) -> String {
+    let out = sh::ip_in(ns, &["-o", "link", "show", ifname]).unwrap();
+    out.split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The runtime sets the pod's MAC (the `mac` capability, as kubevirt and
+/// multus do); netfab declares the capability too, so its datapath delivers
+/// to that MAC: the pod is reachable. A MAC changed behind netfab's back
+/// (only tuning told) is caught by CHECK.
+#[test]
+fn runtime_set_mac_keeps_the_pod_reachable_and_a_hidden_change_fails_check() {
+    require_privileges!();
+    let lab = LabGuard::up("lmac", 2, 1);
+    let t = &lab.topo;
+    let mac = "02:42:ac:11:00:99";
+    let caps = json!({"mac": mac});
+    let tuning = json!({"type": "tuning", "capabilities": {"mac": true}});
+    for (i, netfab_told) in [true, false].into_iter().enumerate() {
+        let mut nf = netfab_entry(t, 1, "default");
+        if netfab_told {
+            nf["capabilities"] = json!({"mac": true});
+        }
+        let list = ConfList::write(
+            t,
+            &format!("mac{i}"),
+            &json!({"cniVersion": "1.0.0", "name": format!("nfmac{i}"), "plugins": [nf, tuning]}),
+        );
+        let ctr = format!("{}-m{i}", t.name);
+        sh::ip(&["netns", "add", &ctr]).unwrap();
+        let r = list
+            .run(t, 1, "ADD", &ctr, "eth0", Some(&caps))
+            .unwrap_or_else(|e| panic!("ADD: {e}"));
+        assert_eq!(link_mac(&ctr, "eth0"), mac, "tuning set the MAC");
+        let ip = r["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let check = list.run(t, 1, "CHECK", &ctr, "eth0", Some(&caps));
+        if netfab_told {
+            let ours = r["interfaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["name"] == "eth0")
+                .unwrap();
+            assert_eq!(
+                ours["mac"], mac,
+                "netfab's result reports the runtime's MAC"
+            );
+            let st = ping(&t.container_ns(2, 1), &ip, 3, "0.05").unwrap();
+            assert_eq!(
+                st.received, 3,
+                "the pod with a runtime-set MAC is reachable"
+            );
+            check.unwrap_or_else(|e| panic!("CHECK: {e}"));
+        } else {
+            let e = check.unwrap_err();
+            assert_eq!(e["code"], 100, "{e}");
+            assert!(e["details"].as_str().unwrap().contains("MAC"), "{e}");
+        }
+        list.run(t, 1, "DEL", &ctr, "eth0", Some(&caps)).unwrap();
+        sh::ip(&["netns", "del", &ctr]).unwrap();
+    }
+}
+
+/// One pod, two netfab interfaces in two networks: eth0 owns the default
+/// route, eth1 (`defaultRoute: false`) routes its network's CIDR. Both
+/// networks are reached, and a third attachment that also wants the
+/// default route is refused with code 7, leaving nothing.
+#[test]
+fn a_pod_with_two_netfab_interfaces_reaches_both_networks() {
+    require_privileges!();
+    let topo = Topology::with("ltwo", 2, 2, 2, netfab_lab::topology::Control::Etcd).unwrap();
+    let lab = LabGuard::up_with(topo);
+    let t = &lab.topo;
+    let one = ConfList::write(
+        t,
+        "net1",
+        &json!({"cniVersion": "1.0.0", "name": "nf-one", "plugins": [netfab_entry(t, 1, "default")]}),
+    );
+    let mut second = netfab_entry(t, 1, &t.network_name(2));
+    second["defaultRoute"] = false.into();
+    let two = ConfList::write(
+        t,
+        "net2",
+        &json!({"cniVersion": "1.0.0", "name": "nf-two", "plugins": [second]}),
+    );
+    let ctr = format!("{}-two", t.name);
+    sh::ip(&["netns", "add", &ctr]).unwrap();
+    one.run(t, 1, "ADD", &ctr, "eth0", None)
+        .unwrap_or_else(|e| panic!("eth0: {e}"));
+    let r2 = two
+        .run(t, 1, "ADD", &ctr, "eth1", None)
+        .unwrap_or_else(|e| panic!("eth1: {e}"));
+    assert_eq!(
+        r2["routes"][0]["dst"],
+        t.network_cidr(2).to_string(),
+        "{r2}"
+    );
+    let eth1 = r2["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    for c in [1, 2] {
+        let dst = t.container_ip(2, c).to_string();
+        let st = ping(&ctr, &dst, 3, "0.05").unwrap();
+        assert_eq!(st.received, 3, "pod reaches network {c}'s container {dst}");
+    }
+    let st = ping(&t.container_ns(2, 2), &eth1, 3, "0.05").unwrap();
+    assert_eq!(st.received, 3, "network 2 reaches the pod's eth1");
+    one.run(t, 1, "CHECK", &ctr, "eth0", None).unwrap();
+    two.run(t, 1, "CHECK", &ctr, "eth1", None).unwrap();
+
+    let mut third = netfab_entry(t, 1, &t.network_name(2));
+    third["defaultRoute"] = true.into();
+    let three = ConfList::write(
+        t,
+        "net2d",
+        &json!({"cniVersion": "1.0.0", "name": "nf-three", "plugins": [third]}),
+    );
+    let links = sh::ip_in(&t.host_ns(1), &["-o", "link"])
+        .unwrap()
+        .lines()
+        .count();
+    let e = three.run(t, 1, "ADD", &ctr, "eth2", None).unwrap_err();
+    assert_eq!(e["code"], 7, "{e}");
+    assert!(e["msg"].as_str().unwrap().contains("default route"), "{e}");
+    assert_eq!(
+        sh::ip_in(&t.host_ns(1), &["-o", "link"])
+            .unwrap()
+            .lines()
+            .count(),
+        links,
+        "no veth left"
+    );
+    assert!(
+        sh::ip_in(&ctr, &["link", "show", "eth2"]).is_err(),
+        "no eth2"
+    );
+
+    two.run(t, 1, "DEL", &ctr, "eth1", None).unwrap();
+    one.run(t, 1, "DEL", &ctr, "eth0", None).unwrap();
+    sh::ip(&["netns", "del", &ctr]).unwrap();
 }

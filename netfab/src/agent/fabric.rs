@@ -488,11 +488,19 @@ impl<S: SubnetStore> Fabric<S> {
         let Some(path) = &self.cfg.lease_file else {
             return;
         };
+        let subnets = self.held();
+        let cidrs = self
+            .wanted_networks()
+            .into_iter()
+            .filter(|n| subnets.contains_key(&n.name))
+            .map(|n| (n.name, n.cidr))
+            .collect();
         let lf = LeaseFile {
             version: crate::rundir::FORMAT_VERSION,
             node: self.me.node.clone(),
-            subnets: self.held(),
+            subnets,
             mtu: self.cfg.container_mtu,
+            cidrs,
         };
         let on_disk = std::fs::read_to_string(path)
             .ok()

@@ -39,6 +39,11 @@ pub struct Wiring<'a> {
     pub address: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
+    /// The container interface's MAC.
+    pub mac: MacAddr,
+    /// Routed through the gateway: 0.0.0.0/0 for the attachment that owns
+    /// the default route, the network's CIDR for the others.
+    pub route: Ipv4Net,
 }
 
 /// Runs `f` with a netlink handle inside the namespace at `path`, on a
@@ -72,8 +77,8 @@ pub fn in_netns<T: Send + 'static>(
 /// named, addressed (MAC) and sized there: moving a device between
 /// namespaces waits for an RCU grace period (about 13 ms here, most of an
 /// ADD's own time), creating it in place does not.
-pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<MacAddr> {
-    let mac = MacAddr::container_for(w.address.addr());
+pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<()> {
+    let mac = w.mac;
     let ns = File::open(w.netns).with_context(|| format!("opening {}", w.netns))?;
     let peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(w.ifname.to_string())
@@ -101,7 +106,7 @@ pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<MacAddr> {
         })?;
     drop(ns);
 
-    let (ifname, address, gateway) = (w.ifname.to_string(), w.address, w.gateway);
+    let (ifname, address, gateway, route) = (w.ifname.to_string(), w.address, w.gateway, w.route);
     in_netns(w.netns, move |nl| {
         Box::pin(async move {
             let links = nl.links().await?;
@@ -144,17 +149,17 @@ pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<MacAddr> {
                 .execute()
                 .await
                 .context("adding the gateway route")?;
-            let default = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            let via = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(route.addr(), route.prefix_len())
                 .gateway(gateway)
                 .output_interface(idx)
                 .build();
             nl.handle
                 .route()
-                .add(default)
+                .add(via)
                 .execute()
                 .await
-                .context("adding the default route")?;
+                .with_context(|| format!("adding the route to {route} via {gateway}"))?;
             nl.neigh_replace(&crate::netlink::neigh::Neigh {
                 ifindex: idx,
                 ip: gateway,
@@ -163,40 +168,60 @@ pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<MacAddr> {
             .await?;
             Ok(())
         })
-    })?;
-    Ok(mac)
+    })
 }
 
-/// What CHECK compares: the container interface's addresses and whether a
-/// default route via the gateway exists.
-pub fn inspect(netns: &str, ifname: &str) -> Result<Option<(Vec<Ipv4Net>, Vec<Ipv4Addr>)>> {
+/// The gateways of the namespace's default routes: ADD checks that the
+/// default route it would add is not another attachment's already.
+pub fn default_gateways(netns: &str) -> Result<Vec<Ipv4Addr>> {
+    in_netns(netns, |nl| {
+        Box::pin(async move { default_routes(&nl).await })
+    })
+}
+
+async fn default_routes(nl: &Netlink) -> Result<Vec<Ipv4Addr>> {
+    let mut gws = Vec::new();
+    let mut s = nl
+        .handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(r) = s.try_next().await? {
+        if r.header.destination_prefix_length != 0 {
+            continue;
+        }
+        for a in &r.attributes {
+            if let netlink_packet_route::route::RouteAttribute::Gateway(
+                netlink_packet_route::route::RouteAddress::Inet(g),
+            ) = a
+            {
+                gws.push(*g);
+            }
+        }
+    }
+    Ok(gws)
+}
+
+/// What CHECK compares, of the container interface: its addresses, its MAC,
+/// and the gateways of the namespace's default routes.
+pub struct Inspected {
+    pub nets: Vec<Ipv4Net>,
+    pub mac: MacAddr,
+    pub default_gateways: Vec<Ipv4Addr>,
+}
+
+pub fn inspect(netns: &str, ifname: &str) -> Result<Option<Inspected>> {
     let ifname = ifname.to_string();
     in_netns(netns, move |nl| {
         Box::pin(async move {
             let Some(link) = nl.link(&ifname).await? else {
                 return Ok(None);
             };
-            let nets = nl.ipv4_nets(link.facts.ifindex).await?;
-            let mut gws = Vec::new();
-            let mut s = nl
-                .handle
-                .route()
-                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                .execute();
-            while let Some(r) = s.try_next().await? {
-                if r.header.destination_prefix_length != 0 {
-                    continue;
-                }
-                for a in &r.attributes {
-                    if let netlink_packet_route::route::RouteAttribute::Gateway(
-                        netlink_packet_route::route::RouteAddress::Inet(g),
-                    ) = a
-                    {
-                        gws.push(*g);
-                    }
-                }
-            }
-            Ok(Some((nets, gws)))
+            Ok(Some(Inspected {
+                nets: nl.ipv4_nets(link.facts.ifindex).await?,
+                mac: link.facts.mac,
+                default_gateways: default_routes(&nl).await?,
+            }))
         })
     })
 }

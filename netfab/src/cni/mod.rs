@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use self::types::{code, AddResult, CniError, Interface, NetConf, SUPPORTED};
 use crate::{
-    addr::GATEWAY_MAC,
+    addr::{MacAddr, GATEWAY_MAC},
     ipam::{Allocation, Ipam, IpamError},
     netlink::Netlink,
     rundir::{
@@ -129,8 +129,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
         .map_err(|e| CniError::new(code::IO, "cannot start a runtime").details(e.to_string()))
 }
 
+/// What the agent's lease file says about the configured network.
+struct Lease {
+    subnet: Ipv4Net,
+    mtu: u32,
+    /// The network's whole CIDR (absent from older agents' files).
+    cidr: Option<Ipv4Net>,
+}
+
 /// This host's subnet in the configured network, and the container MTU.
-fn lease(conf: &NetConf) -> Result<(Ipv4Net, u32), CniError> {
+fn lease(conf: &NetConf) -> Result<Lease, CniError> {
     let path = run_dir(conf).join(crate::rundir::LEASES);
     let text = std::fs::read_to_string(&path).map_err(|_| {
         CniError::new(code::TRY_AGAIN, "this host has no subnet yet").details(format!(
@@ -151,7 +159,11 @@ fn lease(conf: &NetConf) -> Result<(Ipv4Net, u32), CniError> {
         )
         .details(format!("networks with a subnet here: {known:?}"))
     })?;
-    Ok((subnet, lf.mtu))
+    Ok(Lease {
+        subnet,
+        mtu: lf.mtu,
+        cidr: lf.cidrs.get(&conf.network).copied(),
+    })
 }
 
 fn endpoints_file(conf: &NetConf) -> PathBuf {
@@ -177,7 +189,8 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
     // No agent, no network: fail before allocating, so nothing is left
     // behind and the runtime retries.
     require_agent(conf)?;
-    let (subnet, mtu) = lease(conf)?;
+    let Lease { subnet, mtu, cidr } = lease(conf)?;
+    let route = route_for(conf, &netns, cidr)?;
     let ipam = ipam(conf)?;
     let host_ifname = attach::host_ifname(&cid, &ifname);
     let alloc = Allocation {
@@ -193,6 +206,7 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
     })?;
     let gateway = Ipam::gateway(subnet);
     let address = Ipv4Net::new(ip, subnet.prefix_len()).expect("prefix from a valid subnet");
+    let mac = conf.runtime_mac()?.unwrap_or(MacAddr::container_for(ip));
     let wired = runtime()?.block_on(async {
         let host = Netlink::connect()?;
         // A retried ADD finds its own leftovers: start from scratch.
@@ -204,6 +218,8 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
             address,
             gateway,
             mtu,
+            mac,
+            route,
         };
         let r = attach::wire(&host, &w).await;
         if r.is_err() {
@@ -211,8 +227,8 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
         }
         r
     });
-    let mac = match wired {
-        Ok(m) => m,
+    match wired {
+        Ok(()) => {}
         Err(e) => {
             let _ = ipam.release(&cid, &ifname);
             return Err(
@@ -267,8 +283,39 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
         gateway,
         interface: 1,
         mtu,
+        route,
     };
     Ok(result.to_json(version, conf.prev_result.as_ref()))
+}
+
+/// Where this attachment routes through its gateway: everything if it owns
+/// the default route (and no other attachment does yet), else its
+/// network's CIDR.
+fn route_for(conf: &NetConf, netns: &str, cidr: Option<Ipv4Net>) -> Result<Ipv4Net, CniError> {
+    if !conf.default_route {
+        return cidr.ok_or_else(|| {
+            CniError::new(
+                code::TRY_AGAIN,
+                format!(
+                    "the agent has not published network `{}`'s CIDR yet",
+                    conf.network
+                ),
+            )
+        });
+    }
+    let taken = attach::default_gateways(netns)
+        .map_err(|e| CniError::new(code::IO, format!("reading routes in {netns}: {e:#}")))?;
+    if let Some(gw) = taken.first() {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("the container already has a default route (via {gw})"),
+        )
+        .details(
+            "only one attachment can own the default route: set \"defaultRoute\": false \
+             on netfab's entry for the others",
+        ));
+    }
+    Ok(Ipv4Net::default())
 }
 
 /// Waits (up to 10 s) until the agent reports the endpoint as programmed,
@@ -468,27 +515,37 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     if !host_ok {
         problems.push(format!("host veth {host_ifname} is missing"));
     }
+    let registered = endpoints::load(&endpoints_file(conf))?
+        .into_iter()
+        .find(|e| e.host_ifname == host_ifname);
+    if registered.is_none() {
+        problems.push("the endpoint is not registered with the agent".into());
+    }
     match attach::inspect(&netns, &ifname) {
         Ok(None) => problems.push(format!("interface {ifname} is missing in {netns}")),
-        Ok(Some((nets, gws))) => {
+        Ok(Some(found)) => {
             if let Some(w) = want {
-                if !nets.contains(&w) {
-                    problems.push(format!("{ifname} has {nets:?}, expected {w}"));
+                if !found.nets.contains(&w) {
+                    problems.push(format!("{ifname} has {:?}, expected {w}", found.nets));
                 }
             }
-            if let Some(g) = want_gw {
-                if !gws.contains(&g) {
-                    problems.push(format!("no default route via {g} (have {gws:?})"));
-                }
+            match want_gw {
+                Some(g) if conf.default_route && !found.default_gateways.contains(&g) => problems
+                    .push(format!(
+                        "no default route via {g} (have {:?})",
+                        found.default_gateways
+                    )),
+                _ => {}
+            }
+            if let Some(ep) = registered.filter(|ep| ep.mac != found.mac) {
+                problems.push(format!(
+                    "{ifname} has MAC {} but netfab delivers to {}: a MAC set after ADD must \
+                     reach netfab too (declare the `mac` capability on its entry)",
+                    found.mac, ep.mac
+                ));
             }
         }
         Err(e) => problems.push(format!("cannot inspect {netns}: {e:#}")),
-    }
-    let registered = endpoints::load(&endpoints_file(conf))?
-        .iter()
-        .any(|e| e.host_ifname == host_ifname);
-    if !registered {
-        problems.push("the endpoint is not registered with the agent".into());
     }
     if problems.is_empty() {
         Ok(())
@@ -564,7 +621,7 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
         ));
     }
     // Ready means an ADD for this network could succeed now.
-    let (subnet, _) = lease(conf).map_err(|e| e.with_code(code::NOT_AVAILABLE))?;
+    let Lease { subnet, .. } = lease(conf).map_err(|e| e.with_code(code::NOT_AVAILABLE))?;
     let used = Ipam::open_existing(std::path::Path::new(&conf.data_dir), &conf.network)
         .map(|i| i.list().map(|l| l.len()))
         .transpose()?

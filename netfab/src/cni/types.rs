@@ -84,6 +84,43 @@ pub struct NetConf {
     /// GC: the attachments that are still valid.
     #[serde(default, rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// Whether this attachment owns the container's default route. With
+    /// several netfab interfaces in one container, exactly one should; the
+    /// others get a route to their network's CIDR instead.
+    #[serde(default = "yes")]
+    pub default_route: bool,
+    /// What the runtime passes for the capabilities netfab declares.
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `runtimeConfig`: the `mac` and `bandwidth` capabilities.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RuntimeConfig {
+    /// The container interface's MAC, chosen by the runtime.
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub bandwidth: Option<Bandwidth>,
+}
+
+/// The `bandwidth` capability, in bits per second and bits (as the upstream
+/// bandwidth plugin takes it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bandwidth {
+    #[serde(default)]
+    pub ingress_rate: u64,
+    #[serde(default)]
+    pub ingress_burst: u64,
+    #[serde(default)]
+    pub egress_rate: u64,
+    #[serde(default)]
+    pub egress_burst: u64,
 }
 
 fn default_network() -> String {
@@ -143,7 +180,30 @@ impl NetConf {
                 ));
             }
         }
+        self.runtime_mac()?;
         Ok(())
+    }
+
+    /// The MAC the runtime asked for (`runtimeConfig.mac`), if any: a
+    /// unicast, non-zero address other than the gateway's.
+    pub fn runtime_mac(&self) -> Result<Option<crate::addr::MacAddr>, CniError> {
+        let Some(text) = &self.runtime_config.mac else {
+            return Ok(None);
+        };
+        let bad = |why: &str| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("runtimeConfig.mac `{text}` {why}"),
+            )
+        };
+        let mac: crate::addr::MacAddr = text.parse().map_err(|_| bad("is not a MAC address"))?;
+        if mac.0[0] & 1 != 0 {
+            return Err(bad("is a multicast address"));
+        }
+        if mac.0 == [0; 6] || mac == crate::addr::GATEWAY_MAC {
+            return Err(bad("is reserved (all zeros, or the gateway's)"));
+        }
+        Ok(Some(mac))
     }
 
     /// The version to speak: `cniVersion`, which the runtime sets to the
@@ -181,6 +241,8 @@ pub struct AddResult {
     /// Index of the container interface in `interfaces`.
     pub interface: usize,
     pub mtu: u32,
+    /// Routed via the gateway (0.0.0.0/0, or the network's CIDR).
+    pub route: Ipv4Net,
 }
 
 impl AddResult {
@@ -211,7 +273,9 @@ impl AddResult {
         let mut routes: Vec<Value> = prev
             .and_then(|p| p["routes"].as_array().cloned())
             .unwrap_or_default();
-        routes.push(serde_json::json!({"dst": "0.0.0.0/0", "gw": self.gateway.to_string()}));
+        routes.push(
+            serde_json::json!({"dst": self.route.to_string(), "gw": self.gateway.to_string()}),
+        );
         let mut out = serde_json::json!({
             "cniVersion": version,
             "interfaces": interfaces,
@@ -247,6 +311,8 @@ mod tests {
             data_dir: data.into(),
             prev_result: None,
             valid_attachments: None,
+            default_route: true,
+            runtime_config: Default::default(),
         };
         assert!(conf("default", "/run/netfab", "/var/lib/netfab/ipam")
             .validate()
@@ -285,6 +351,33 @@ mod tests {
     }
 
     #[test]
+    fn runtime_macs_are_checked_and_default_route_is_on_by_default() {
+        let conf = |mac: &str| -> NetConf {
+            serde_json::from_value(serde_json::json!({
+                "cniVersion": "1.0.0", "name": "n", "type": "netfab-cni",
+                "runtimeConfig": {"mac": mac}
+            }))
+            .unwrap()
+        };
+        let c = conf("02:11:22:33:44:55");
+        assert!(c.default_route);
+        assert_eq!(
+            c.runtime_mac().unwrap().unwrap().to_string(),
+            "02:11:22:33:44:55"
+        );
+        for bad in [
+            "nonsense",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+            "ee:ee:ee:ee:ee:ee",
+        ] {
+            let e = conf(bad).validate().unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}");
+            assert!(e.msg.contains(bad), "{}", e.msg);
+        }
+    }
+
+    #[test]
     fn result_appends_to_a_previous_result_and_follows_the_version() {
         let r = AddResult {
             interfaces: vec![
@@ -305,6 +398,7 @@ mod tests {
             gateway: "10.244.1.1".parse().unwrap(),
             interface: 1,
             mtu: 1450,
+            route: Default::default(),
         };
         let prev = serde_json::json!({"interfaces":[{"name":"lo0","mac":"00:00:00:00:00:00"}],"ips":[],"dns":{"nameservers":["1.1.1.1"]}});
         let j = r.to_json("1.1.0", Some(&prev));

@@ -17,6 +17,10 @@ pub struct LeaseFile {
     pub subnets: BTreeMap<String, Ipv4Net>,
     /// MTU for containers on this host.
     pub mtu: u32,
+    /// Each network's whole CIDR: an attachment that does not own the
+    /// container's default route reaches its network through a route to it.
+    #[serde(default)]
+    pub cidrs: BTreeMap<String, Ipv4Net>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
