@@ -27,6 +27,9 @@ pub async fn cleanup(pin_dir: &Path, vxlan_device: &str) -> Result<()> {
                     errors.push(format!("{e:#}"));
                 }
             }
+            if let Err(e) = nl.set_gateways(&Default::default()).await {
+                errors.push(format!("{e:#}"));
+            }
             match nl.our_routes().await {
                 Ok(routes) => {
                     for r in routes {

@@ -53,6 +53,13 @@ impl HostPlumbing {
         report: &mut ApplyReport,
     ) -> Result<()> {
         ensure_forwarding()?;
+        // The host holds each local subnet's gateway (see netlink::gateways).
+        let gateways = state
+            .networks
+            .iter()
+            .map(|n| crate::ipam::Ipam::gateway(n.subnet))
+            .collect();
+        nl.set_gateways(&gateways).await?;
         let mut desired: BTreeMap<ipnet::Ipv4Net, HostRoute> =
             backend_routes.into_iter().map(|r| (r.dst, r)).collect();
         for e in &state.endpoints {

@@ -78,6 +78,16 @@ pub fn ruleset(r: &RuleInput) -> String {
             );
         }
     }
+    // Nor to etcd's port on any address of this host (its gateway
+    // addresses included) when etcd runs here.
+    let etcd_ports: std::collections::BTreeSet<u16> = r.etcd.iter().map(|e| e.port()).collect();
+    for c in &r.cluster {
+        for p in &etcd_ports {
+            s += &format!(
+                "-A NETFAB-GUARD -s {c} -p tcp --dport {p} -m addrtype --dst-type LOCAL -j DROP\n"
+            );
+        }
+    }
     // A container may talk to another container on any port, but never to a
     // host's tunnel port: not this host's (INPUT, any local address), not
     // another's (FORWARD, masqueraded to a known host's address otherwise).

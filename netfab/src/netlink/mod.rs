@@ -13,6 +13,7 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
 use crate::{addr::MacAddr, dataplane::ebpf::tables::LinkFacts};
 
+pub mod gateways;
 pub mod neigh;
 pub mod routes;
 

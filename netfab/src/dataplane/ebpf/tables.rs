@@ -102,6 +102,22 @@ pub fn desired_tables(
             DropReason::ControlPlane as u32,
         );
     }
+    // The host holds each local gateway address: etcd running here must not
+    // be reachable through it either.
+    for n in &state.networks {
+        let gw = crate::ipam::Ipam::gateway(n.subnet);
+        for e in &state.etcd_endpoints {
+            t.guards.insert(
+                GuardKey {
+                    daddr: u32::from_ne_bytes(gw.octets()),
+                    dport: e.port().to_be(),
+                    proto: IPPROTO_TCP,
+                    _pad: 0,
+                },
+                DropReason::ControlPlane as u32,
+            );
+        }
+    }
     if state.log_drops {
         t.settings.flags |= SETTINGS_F_LOG_DROPS;
     }
@@ -185,7 +201,14 @@ mod tests {
             _pad: 0,
         };
         assert_eq!(t.guards.get(&k), Some(&(DropReason::ControlPlane as u32)));
-        assert_eq!(t.guards.len(), 2);
+        // Also through the gateway address this host holds.
+        let gw = crate::ipam::Ipam::gateway(s.networks[0].subnet);
+        let k = GuardKey {
+            daddr: u32::from_ne_bytes(gw.octets()),
+            ..k
+        };
+        assert_eq!(t.guards.get(&k), Some(&(DropReason::ControlPlane as u32)));
+        assert_eq!(t.guards.len(), 3, "tunnel port, etcd, etcd via the gateway");
     }
 
     #[test]
