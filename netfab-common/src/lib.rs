@@ -38,6 +38,7 @@ pub mod programs {
     pub const FROM_CONTAINER: &str = "from_container";
     pub const FROM_OVERLAY: &str = "from_overlay";
     pub const FROM_UNDERLAY: &str = "from_underlay";
+    pub const FROM_HOST: &str = "from_host";
 }
 
 pub const MAX_ENDPOINTS: u32 = 16384;
@@ -95,6 +96,10 @@ pub struct Endpoint {
     pub gw_mac: [u8; 6],
 }
 const _: () = assert!(size_of::<Endpoint>() == 20);
+
+/// `Endpoint::ifindex` of the host itself: a local gateway address the host
+/// holds. Packets for it go to the host stack.
+pub const HOST_ENDPOINT: u32 = 0;
 
 /// A remote host's subnet. Key: LPM trie key with the prefix in network order.
 #[repr(C)]

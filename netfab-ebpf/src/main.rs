@@ -1,4 +1,4 @@
-//! netfab's kernel datapath: three TC programs that route container traffic
+//! netfab's kernel datapath: four TC programs that route container traffic
 //! between hosts. This file holds only the entry points; each program's
 //! logic is in `programs/` (one module per attach point) and the helpers they
 //! share in `helpers/`, which never import a program.
@@ -14,6 +14,8 @@
 //! - `from_underlay` (TC ingress of the underlay interface): delivers
 //!   unencapsulated packets from direct peers' subnets, drops plain IP for
 //!   containers from anyone else.
+//! - `from_host` (TC egress of the VXLAN device): gives the host's own
+//!   packets to remote containers their tunnel key.
 //!
 //! Design note: encapsulation is done by the kernel's VXLAN device in
 //! collect-metadata mode, not by building headers here, because that path keeps
@@ -44,6 +46,13 @@ pub fn from_underlay(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
     match programs::from_overlay::try_from_overlay(&ctx) {
+        Ok(v) | Err(v) => v.finish(&ctx),
+    }
+}
+
+#[classifier]
+pub fn from_host(ctx: TcContext) -> i32 {
+    match programs::from_host::try_from_host(&ctx) {
         Ok(v) | Err(v) => v.finish(&ctx),
     }
 }

@@ -383,3 +383,42 @@ fn isolation(b: Choice) {
 }
 
 per_backend!(isolation);
+
+/// Node-to-pod across hosts (kubelet probes, host-network pods, NodePort
+/// backends): host 1 itself reaches host 2's container and gets the
+/// replies, by ICMP and by TCP. On eBPF both the overlay and the direct
+/// (shared L2) path are covered.
+fn host_to_remote_container(b: Choice) {
+    require_privileges!();
+    for direct in [true, false] {
+        if b != Choice::Ebpf && !direct {
+            continue;
+        }
+        let mut t = Topology::new(&format!("nd-{}{}", short(b), direct as u8), 2, 1).unwrap();
+        t.dataplane = b;
+        t.direct_routing = direct;
+        let lab = LabGuard::up_with(t);
+        let t = &lab.topo;
+        let pod = t.container_ip(2, 1).to_string();
+        let st = ping(&t.host_ns(1), &pod, 20, "0.02").unwrap();
+        assert_eq!(
+            st.received, 20,
+            "{b:?} direct={direct}: host 1 -> pod on host 2"
+        );
+        if b == Choice::Ebpf && !direct {
+            // No container on host 1 sent anything: these are the host's
+            // own packets, keyed by from_host.
+            let keyed = lab.counters(1).traffic["to_overlay"].packets;
+            assert!(keyed >= 20, "from_host keyed {keyed} packets");
+        }
+        let _srv = IperfServer::start(&t.container_ns(2, 1), 5201).unwrap();
+        let gbps = iperf3(&t.host_ns(1), &pod, 5201, 1, 1)
+            .unwrap_or_else(|e| panic!("{b:?} direct={direct}: TCP host 1 -> pod: {e:#}"));
+        assert!(gbps > 0.0);
+        // And the other way: a pod reaches a remote host's own address.
+        let st = ping(&t.container_ns(2, 1), &t.host_ip(1).to_string(), 5, "0.02").unwrap();
+        assert_eq!(st.received, 5, "{b:?} direct={direct}: pod -> host 1");
+    }
+}
+
+per_backend!(host_to_remote_container);

@@ -37,7 +37,18 @@ pub fn to_overlay(
     }
     frame.decrement_ttl()?;
     frame.set_macs(&cfg.vxlan_mac, &remote.vtep_mac);
+    set_key(ctx, remote)?;
+    count(Direction::ToOverlay, ctx.len());
+    // SAFETY: plain helper call with scalar arguments.
+    Ok(Verdict::Action(
+        unsafe { bpf_redirect(cfg.vxlan_ifindex, 0) } as i32,
+    ))
+}
 
+/// Sets the VXLAN tunnel key (VNI, remote underlay address) the
+/// collect-metadata device encapsulates by.
+#[inline(always)]
+pub fn set_key(ctx: &TcContext, remote: &RemoteSubnet) -> Result<(), Verdict> {
     // SAFETY: bpf_tunnel_key is plain old data; all-zero is a valid value.
     let mut key: bpf_tunnel_key = unsafe { zeroed() };
     key.tunnel_id = remote.vni;
@@ -56,9 +67,5 @@ pub fn to_overlay(
     if rc != 0 {
         return Err(drop_with(DropReason::HelperFailed));
     }
-    count(Direction::ToOverlay, ctx.len());
-    // SAFETY: plain helper call with scalar arguments.
-    Ok(Verdict::Action(
-        unsafe { bpf_redirect(cfg.vxlan_ifindex, 0) } as i32,
-    ))
+    Ok(())
 }

@@ -1,9 +1,9 @@
 //! Local containers: look one up by address, deliver into it.
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, helpers::bpf_redirect_peer, programs::TcContext};
-use netfab_common::{Direction, DropReason, Endpoint};
+use netfab_common::{Direction, DropReason, Endpoint, HOST_ENDPOINT};
 
 use super::{
-    counters::{count, drop_with, Verdict},
+    counters::{count, drop_with, to_stack, Verdict},
     maps::ENDPOINTS,
     packet::Ipv4Frame,
 };
@@ -24,6 +24,10 @@ pub fn deliver_local(
     dst: &Endpoint,
     dir: Direction,
 ) -> Result<Verdict, Verdict> {
+    // A gateway address the host holds: its own traffic's replies.
+    if dst.ifindex == HOST_ENDPOINT {
+        return Ok(to_stack(ctx));
+    }
     if dir == Direction::LocalDelivery {
         frame.decrement_ttl()?;
     }

@@ -1,7 +1,7 @@
 //! `from_container` (TC ingress of each container's host-side veth): traffic
 //! entering the fabric from a container.
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
-use netfab_common::{Direction, DropReason, REMOTE_F_DIRECT};
+use netfab_common::{Direction, DropReason, HOST_ENDPOINT, REMOTE_F_DIRECT};
 
 use crate::helpers::{
     counters::{drop_with, to_stack, Verdict},
@@ -29,6 +29,11 @@ pub fn try_from_container(ctx: &TcContext) -> Result<Verdict, Verdict> {
     if let Some(dst) = lookup_endpoint(frame.daddr()) {
         if dst.vni != src.vni {
             return Err(drop_with(DropReason::NetworkMismatch));
+        }
+        if dst.ifindex == HOST_ENDPOINT {
+            // This host's gateway address: the stack, behind the guards.
+            guard::check(ctx, &frame)?;
+            return Ok(to_stack(ctx));
         }
         return deliver_local(ctx, &frame, &dst, Direction::LocalDelivery);
     }

@@ -40,6 +40,16 @@ fn ensure_forwarding() -> Result<()> {
     std::fs::write(p, "1").map_err(|e| anyhow::anyhow!("enabling IP forwarding: {e}"))
 }
 
+/// The host's own packets to a remote subnet leave from this host's gateway
+/// address in the same network: the peer accepts that source (it is this
+/// host's subnet) where it drops the underlay address as a spoofer's, and
+/// the container's reply is routed back through the fabric unmasqueraded.
+fn local_gateway_for(state: &DesiredState, remote: ipnet::Ipv4Net) -> Option<std::net::Ipv4Addr> {
+    let vni = state.remotes.iter().find(|r| r.subnet == remote)?.vni;
+    let local = state.networks.iter().find(|n| n.vni == vni)?;
+    Some(crate::ipam::Ipam::gateway(local.subnet))
+}
+
 impl HostPlumbing {
     /// Reconciles every route with netfab's protocol number to the endpoint
     /// routes plus `backend_routes`.
@@ -60,8 +70,13 @@ impl HostPlumbing {
             .map(|n| crate::ipam::Ipam::gateway(n.subnet))
             .collect();
         nl.set_gateways(&gateways).await?;
-        let mut desired: BTreeMap<ipnet::Ipv4Net, HostRoute> =
-            backend_routes.into_iter().map(|r| (r.dst, r)).collect();
+        let mut desired: BTreeMap<ipnet::Ipv4Net, HostRoute> = backend_routes
+            .into_iter()
+            .map(|mut r| {
+                r.src = r.src.or_else(|| local_gateway_for(state, r.dst));
+                (r.dst, r)
+            })
+            .collect();
         for e in &state.endpoints {
             let Some(link) = links.get(&e.host_ifname) else {
                 continue;
@@ -74,6 +89,7 @@ impl HostPlumbing {
                     gateway: None,
                     oif: link.facts.ifindex,
                     onlink: false,
+                    src: None,
                 },
             );
             report.programmed_endpoints.push((e.ip, link.facts.ifindex));

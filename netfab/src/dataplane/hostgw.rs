@@ -48,6 +48,7 @@ impl Dataplane for HostGwDataplane {
                 gateway: Some(r.underlay_ip),
                 oif: underlay.facts.ifindex,
                 onlink: false,
+                src: None,
             });
         }
         let links = nl.links().await?;

@@ -79,6 +79,7 @@ impl Dataplane for KernelVxlanDataplane {
                     gateway: Some(r.underlay_ip),
                     oif: underlay.facts.ifindex,
                     onlink: false,
+                    src: None,
                 });
                 continue;
             }
@@ -95,6 +96,7 @@ impl Dataplane for KernelVxlanDataplane {
                 gateway: Some(vtep),
                 oif: dev,
                 onlink: true,
+                src: None,
             });
             neighs.insert(Neigh {
                 ifindex: dev,

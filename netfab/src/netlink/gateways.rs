@@ -43,10 +43,7 @@ impl Netlink {
     pub async fn set_gateways(&self, want: &BTreeSet<Ipv4Addr>) -> Result<()> {
         let have = self.gateways().await?;
         for ip in want.difference(&have) {
-            let mut req = self
-                .handle
-                .address()
-                .add(LO, std::net::IpAddr::V4(*ip), 32);
+            let mut req = self.handle.address().add(LO, std::net::IpAddr::V4(*ip), 32);
             let m = req.message_mut();
             m.header.scope = AddressScope::Universe;
             m.attributes.push(AddressAttribute::Label(LABEL.into()));

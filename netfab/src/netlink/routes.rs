@@ -23,14 +23,19 @@ pub struct HostRoute {
     pub oif: u32,
     /// The gateway is reachable on `oif` even without a covering prefix.
     pub onlink: bool,
+    /// Source address for the host's own packets (the local gateway of
+    /// the same network, so the peer accepts them and replies come back).
+    pub src: Option<Ipv4Addr>,
 }
 
 fn parse(msg: &RouteMessage) -> Option<HostRoute> {
     let mut dst = None;
     let mut gateway = None;
     let mut oif = 0;
+    let mut src = None;
     for a in &msg.attributes {
         match a {
+            RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
             RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
             RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
             RouteAttribute::Oif(i) => oif = *i,
@@ -47,6 +52,7 @@ fn parse(msg: &RouteMessage) -> Option<HostRoute> {
         gateway,
         oif,
         onlink,
+        src,
     })
 }
 
@@ -77,6 +83,9 @@ impl Netlink {
         }
         if r.onlink {
             b = b.onlink();
+        }
+        if let Some(src) = r.src {
+            b = b.pref_source(src);
         }
         b.build()
     }

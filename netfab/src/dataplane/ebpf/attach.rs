@@ -32,12 +32,16 @@ pub enum Attached {
 }
 
 /// bpffs refuses names with a '.', which interface names may contain.
-pub fn link_pin_name(ifname: &str) -> String {
-    format!("{}_ingress", ifname.replace('.', "~"))
+pub fn link_pin_name(ifname: &str, hook: TcAttachType) -> String {
+    let side = match hook {
+        TcAttachType::Egress => "egress",
+        _ => "ingress",
+    };
+    format!("{}_{side}", ifname.replace('.', "~"))
 }
 
-pub fn link_pin_path(dir: &Path, ifname: &str) -> PathBuf {
-    dir.join(link_pin_name(ifname))
+pub fn link_pin_path(dir: &Path, ifname: &str, hook: TcAttachType) -> PathBuf {
+    dir.join(link_pin_name(ifname, hook))
 }
 
 /// What reusing a pinned link came to.
@@ -54,10 +58,15 @@ fn errno(e: &anyhow::Error) -> Option<i32> {
         .and_then(|io| io.raw_os_error())
 }
 
-/// Makes `prog` the ingress program of `ifname`, reusing a pinned link if one
-/// is there. A pin left by an interface that was deleted and created again
-/// refers to a dead link; it is replaced.
-pub fn attach_ingress(prog: &mut SchedClassifier, ifname: &str, pin: &Path) -> Result<Attached> {
+/// Makes `prog` the `hook` (ingress or egress) program of `ifname`, reusing a
+/// pinned link if one is there. A pin left by an interface that was deleted
+/// and created again refers to a dead link; it is replaced.
+pub fn attach(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    hook: TcAttachType,
+    pin: &Path,
+) -> Result<Attached> {
     match reuse(prog, pin)? {
         Some(Reuse::Done) => return Ok(Attached::Replaced),
         Some(Reuse::Stale(why)) => {
@@ -68,8 +77,8 @@ pub fn attach_ingress(prog: &mut SchedClassifier, ifname: &str, pin: &Path) -> R
         None => {}
     }
     let id = prog
-        .attach(ifname, TcAttachType::Ingress)
-        .with_context(|| format!("attaching TC ingress program to {ifname}"))?;
+        .attach(ifname, hook)
+        .with_context(|| format!("attaching TC {hook:?} program to {ifname}"))?;
     let link = prog
         .take_link(id)
         .context("taking ownership of the new link")?;

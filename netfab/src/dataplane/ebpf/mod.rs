@@ -15,7 +15,13 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
+use aya::{
+    programs::{
+        SchedClassifier,
+        TcAttachType::{self, Egress, Ingress},
+    },
+    Ebpf, EbpfLoader,
+};
 use log::{info, warn};
 use netfab_common::programs;
 
@@ -23,7 +29,7 @@ use self::{maps::BpfMaps, tables::LinkFacts};
 use super::{ApplyReport, Dataplane};
 use crate::{
     addr::MacAddr,
-    netlink::{Netlink, VxlanSpec, VXLAN_OVERHEAD},
+    netlink::{neigh::Neigh, routes::HostRoute, Netlink, VxlanSpec, VXLAN_OVERHEAD},
     state::DesiredState,
 };
 
@@ -74,6 +80,7 @@ impl EbpfDataplane {
             programs::FROM_CONTAINER,
             programs::FROM_OVERLAY,
             programs::FROM_UNDERLAY,
+            programs::FROM_HOST,
         ] {
             classifier(&mut ebpf, name)?
                 .load()
@@ -139,14 +146,15 @@ impl EbpfDataplane {
     /// that now run their program.
     fn attach_all(
         &mut self,
-        wanted: &[(String, &'static str)],
+        wanted: &[(String, &'static str, TcAttachType)],
         report: &mut ApplyReport,
     ) -> Result<BTreeSet<String>> {
         let dir = links_dir(&self.pin_dir);
         let mut ok = BTreeSet::new();
-        for (ifname, program) in wanted {
+        for (ifname, program, hook) in wanted {
             let prog = classifier(&mut self.ebpf, program)?;
-            match attach::attach_ingress(prog, ifname, &attach::link_pin_path(&dir, ifname)) {
+            let pin = attach::link_pin_path(&dir, ifname, *hook);
+            match attach::attach(prog, ifname, *hook, &pin) {
                 Ok(_) => {
                     ok.insert(ifname.clone());
                 }
@@ -161,7 +169,7 @@ impl EbpfDataplane {
         }
         let names: BTreeSet<String> = wanted
             .iter()
-            .map(|(i, _)| attach::link_pin_name(i))
+            .map(|(i, _, hook)| attach::link_pin_name(i, *hook))
             .collect();
         for entry in
             std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
@@ -174,6 +182,63 @@ impl EbpfDataplane {
             }
         }
         Ok(ok)
+    }
+}
+
+impl EbpfDataplane {
+    /// Routes (and, for the overlay, permanent VTEP neighbours) that carry
+    /// the host's own packets to remote containers: direct peers by their
+    /// underlay address, the rest through the VXLAN device, where
+    /// `from_host` sets the tunnel key. Only for networks this host is in:
+    /// the source address is its gateway in that network.
+    async fn host_paths(
+        &self,
+        state: &DesiredState,
+        vxlan_ifindex: u32,
+        underlay_ifindex: u32,
+        report: &mut ApplyReport,
+    ) -> Result<Vec<HostRoute>> {
+        let mut routes = Vec::new();
+        let mut neighs = BTreeSet::new();
+        for r in &state.remotes {
+            if !state.networks.iter().any(|n| n.vni == r.vni) {
+                continue;
+            }
+            if r.direct {
+                routes.push(HostRoute {
+                    dst: r.subnet,
+                    gateway: Some(r.underlay_ip),
+                    oif: underlay_ifindex,
+                    onlink: false,
+                    src: None,
+                });
+                continue;
+            }
+            let vtep = r.subnet.network();
+            routes.push(HostRoute {
+                dst: r.subnet,
+                gateway: Some(vtep),
+                oif: vxlan_ifindex,
+                onlink: true,
+                src: None,
+            });
+            neighs.insert(Neigh {
+                ifindex: vxlan_ifindex,
+                ip: vtep,
+                mac: r.vtep_mac,
+            });
+        }
+        for n in &neighs {
+            self.netlink.neigh_replace(n).await?;
+        }
+        let (have, _) = self.netlink.neigh_list(vxlan_ifindex).await?;
+        for (n, msg) in have {
+            if !neighs.contains(&n) {
+                self.netlink.neigh_del(msg).await?;
+                report.map_removals += 1;
+            }
+        }
+        Ok(routes)
     }
 }
 
@@ -220,9 +285,14 @@ impl Dataplane for EbpfDataplane {
         // The underlay always gets its program: it delivers direct peers'
         // packets and drops plain IP for containers from anyone else (without
         // it the host stack would route such packets in).
-        let mut wanted: Vec<(String, &'static str)> = vec![
-            (state.vxlan_device.clone(), programs::FROM_OVERLAY),
-            (state.underlay_interface.clone(), programs::FROM_UNDERLAY),
+        let mut wanted: Vec<(String, &'static str, TcAttachType)> = vec![
+            (state.vxlan_device.clone(), programs::FROM_OVERLAY, Ingress),
+            (state.vxlan_device.clone(), programs::FROM_HOST, Egress),
+            (
+                state.underlay_interface.clone(),
+                programs::FROM_UNDERLAY,
+                Ingress,
+            ),
         ];
         let veths: BTreeSet<&String> = state
             .endpoints
@@ -233,7 +303,7 @@ impl Dataplane for EbpfDataplane {
         wanted.extend(
             veths
                 .into_iter()
-                .map(|v| (v.clone(), programs::FROM_CONTAINER)),
+                .map(|v| (v.clone(), programs::FROM_CONTAINER, Ingress)),
         );
         let mut report = ApplyReport {
             map_upserts,
@@ -244,8 +314,11 @@ impl Dataplane for EbpfDataplane {
         };
         let attached = self.attach_all(&wanted, &mut report)?;
         report.attached = attached.len();
+        let routes = self
+            .host_paths(state, vxlan.ifindex, underlay_ifindex, &mut report)
+            .await?;
         self.host
-            .apply(&self.netlink, state, &links, Vec::new(), None, &mut report)
+            .apply(&self.netlink, state, &links, routes, None, &mut report)
             .await?;
         // A container is served only once its veth runs the program.
         report.programmed_endpoints.retain(|(ip, _)| {

@@ -8,7 +8,7 @@ use std::{
 use ipnet::Ipv4Net;
 use netfab_common::{
     DropReason, Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, Settings,
-    IPPROTO_TCP, IPPROTO_UDP, REMOTE_F_DIRECT, SETTINGS_F_LOG_DROPS,
+    HOST_ENDPOINT, IPPROTO_TCP, IPPROTO_UDP, REMOTE_F_DIRECT, SETTINGS_F_LOG_DROPS,
 };
 
 use crate::{
@@ -79,6 +79,17 @@ pub fn desired_tables(
     }
     for n in &state.networks {
         t.networks.insert(n.vni, NetworkInfo::default());
+        // The gateway address the host holds: replies to the host's own
+        // packets are handed to the stack (see netlink::gateways).
+        t.endpoints.insert(
+            crate::ipam::Ipam::gateway(n.subnet),
+            Endpoint {
+                ifindex: HOST_ENDPOINT,
+                vni: n.vni,
+                mac: [0; 6],
+                gw_mac: [0; 6],
+            },
+        );
     }
     // Any host's tunnel port, whatever address of it: the stack would
     // masquerade the datagram to this host's address, a known host.
@@ -160,6 +171,12 @@ mod tests {
 
         let ep = t.endpoints[&"10.244.1.2".parse::<Ipv4Addr>().unwrap()];
         assert_eq!((ep.ifindex, ep.vni, ep.gw_mac), (7, 5, mac.0));
+        let gw = t.endpoints[&"10.244.1.1".parse::<Ipv4Addr>().unwrap()];
+        assert_eq!(
+            (gw.ifindex, gw.vni),
+            (HOST_ENDPOINT, 5),
+            "the host's gateway"
+        );
         assert_eq!(skipped.len(), 1);
         assert_eq!(
             skipped[0].item,
@@ -215,6 +232,8 @@ mod tests {
     fn no_vxlan_device_means_not_ready() {
         let (t, _) = desired_tables(&state(), &HashMap::new(), None, 0);
         assert_eq!(t.host_config.vxlan_ifindex, 0);
-        assert!(t.endpoints.is_empty());
+        // No container is programmed: only the host's own gateway entry.
+        let eps: Vec<_> = t.endpoints.values().map(|e| e.ifindex).collect();
+        assert_eq!(eps, vec![HOST_ENDPOINT]);
     }
 }
