@@ -17,10 +17,17 @@ use netfab_tests::{
     netfab_ok, require_privileges, wait_for,
 };
 
+/// Container entries in host `h`'s endpoint map (not the host's own
+/// gateway entries).
 fn endpoint_count(lab: &LabGuard, h: u32) -> usize {
     netfab::dataplane::ebpf::maps::BpfMaps::open(&lab.topo.pin_dir(h))
         .and_then(|m| m.read())
-        .map(|t| t.endpoints.len())
+        .map(|t| {
+            t.endpoints
+                .values()
+                .filter(|e| e.ifindex != netfab_common::HOST_ENDPOINT)
+                .count()
+        })
         .unwrap_or(0)
 }
 

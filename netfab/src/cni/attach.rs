@@ -171,16 +171,28 @@ pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<()> {
     })
 }
 
-/// The gateways of the namespace's default routes: ADD checks that the
-/// default route it would add is not another attachment's already.
-pub fn default_gateways(netns: &str) -> Result<Vec<Ipv4Addr>> {
-    in_netns(netns, |nl| {
-        Box::pin(async move { default_routes(&nl).await })
+/// The gateways of the namespace's default routes other than through
+/// `except` (the interface a retried ADD is about to replace): ADD checks
+/// that the default route it would add is not another attachment's already.
+pub fn default_gateways(netns: &str, except: &str) -> Result<Vec<Ipv4Addr>> {
+    let except = except.to_string();
+    in_netns(netns, move |nl| {
+        Box::pin(async move {
+            let skip = nl.link(&except).await?.map(|l| l.facts.ifindex);
+            Ok(default_routes(&nl)
+                .await?
+                .into_iter()
+                .filter(|(_, oif)| Some(*oif) != skip)
+                .map(|(gw, _)| gw)
+                .collect())
+        })
     })
 }
 
-async fn default_routes(nl: &Netlink) -> Result<Vec<Ipv4Addr>> {
-    let mut gws = Vec::new();
+/// (gateway, output interface) of each IPv4 default route.
+async fn default_routes(nl: &Netlink) -> Result<Vec<(Ipv4Addr, u32)>> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+    let mut out = Vec::new();
     let mut s = nl
         .handle
         .route()
@@ -190,16 +202,19 @@ async fn default_routes(nl: &Netlink) -> Result<Vec<Ipv4Addr>> {
         if r.header.destination_prefix_length != 0 {
             continue;
         }
+        let (mut gw, mut oif) = (None, 0);
         for a in &r.attributes {
-            if let netlink_packet_route::route::RouteAttribute::Gateway(
-                netlink_packet_route::route::RouteAddress::Inet(g),
-            ) = a
-            {
-                gws.push(*g);
+            match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                RouteAttribute::Oif(i) => oif = *i,
+                _ => {}
             }
         }
+        if let Some(g) = gw {
+            out.push((g, oif));
+        }
     }
-    Ok(gws)
+    Ok(out)
 }
 
 /// What CHECK compares, of the container interface: its addresses, its MAC,
@@ -220,7 +235,11 @@ pub fn inspect(netns: &str, ifname: &str) -> Result<Option<Inspected>> {
             Ok(Some(Inspected {
                 nets: nl.ipv4_nets(link.facts.ifindex).await?,
                 mac: link.facts.mac,
-                default_gateways: default_routes(&nl).await?,
+                default_gateways: default_routes(&nl)
+                    .await?
+                    .into_iter()
+                    .map(|r| r.0)
+                    .collect(),
             }))
         })
     })

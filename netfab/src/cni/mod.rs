@@ -190,7 +190,7 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
     // behind and the runtime retries.
     require_agent(conf)?;
     let Lease { subnet, mtu, cidr } = lease(conf)?;
-    let route = route_for(conf, &netns, cidr)?;
+    let route = route_for(conf, &netns, &ifname, cidr)?;
     let ipam = ipam(conf)?;
     let host_ifname = attach::host_ifname(&cid, &ifname);
     let alloc = Allocation {
@@ -291,7 +291,12 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
 /// Where this attachment routes through its gateway: everything if it owns
 /// the default route (and no other attachment does yet), else its
 /// network's CIDR.
-fn route_for(conf: &NetConf, netns: &str, cidr: Option<Ipv4Net>) -> Result<Ipv4Net, CniError> {
+fn route_for(
+    conf: &NetConf,
+    netns: &str,
+    ifname: &str,
+    cidr: Option<Ipv4Net>,
+) -> Result<Ipv4Net, CniError> {
     if !conf.default_route {
         return cidr.ok_or_else(|| {
             CniError::new(
@@ -303,7 +308,7 @@ fn route_for(conf: &NetConf, netns: &str, cidr: Option<Ipv4Net>) -> Result<Ipv4N
             )
         });
     }
-    let taken = attach::default_gateways(netns)
+    let taken = attach::default_gateways(netns, ifname)
         .map_err(|e| CniError::new(code::IO, format!("reading routes in {netns}: {e:#}")))?;
     if let Some(gw) = taken.first() {
         return Err(CniError::new(
