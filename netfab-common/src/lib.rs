@@ -19,8 +19,10 @@ pub mod maps {
     pub const DROPS: &str = "NF_DROPS";
     pub const GUARDS: &str = "NF_GUARDS";
     pub const SETTINGS: &str = "NF_SETTINGS";
+    pub const RATE_LIMITS: &str = "NF_RATE_LIMITS";
+    pub const RATE_STATE: &str = "NF_RATE_STATE";
     /// Every map user space pins and adopts across restarts.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 11] = [
         ENDPOINTS,
         REMOTE_SUBNETS,
         KNOWN_HOSTS,
@@ -30,6 +32,8 @@ pub mod maps {
         DROPS,
         GUARDS,
         SETTINGS,
+        RATE_LIMITS,
+        RATE_STATE,
     ];
 }
 
@@ -96,6 +100,35 @@ pub struct Endpoint {
     pub gw_mac: [u8; 6],
 }
 const _: () = assert!(size_of::<Endpoint>() == 20);
+
+/// A local container's bandwidth limits (the CNI `bandwidth` capability).
+/// Key: the container's IPv4, as in `Endpoint`. Zero rate: no limit.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct RateLimit {
+    /// Egress (from the container) rate in bytes per second, paced by
+    /// earliest departure time.
+    pub egress_bytes_per_sec: u64,
+    /// How far (ns) an idle container may send ahead of its rate.
+    pub egress_burst_ns: u64,
+    /// Ingress (to the container) rate in bytes per second, policed.
+    pub ingress_bytes_per_sec: u64,
+    /// Ingress token bucket depth in bytes.
+    pub ingress_burst_bytes: u64,
+}
+const _: () = assert!(size_of::<RateLimit>() == 32);
+
+/// The datapath's own bookkeeping per limited container (user space never
+/// writes it): when the next egress packet may leave, and the ingress
+/// bucket.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct RateState {
+    pub egress_next_ns: u64,
+    pub ingress_tokens: u64,
+    pub ingress_at_ns: u64,
+}
+const _: () = assert!(size_of::<RateState>() == 24);
 
 /// `Endpoint::ifindex` of the host itself: a local gateway address the host
 /// holds. Packets for it go to the host stack.
@@ -239,11 +272,14 @@ pub enum DropReason {
     /// VXLAN from a known host whose inner source is not inside a subnet
     /// that host holds in that VNI.
     ForeignInnerSource = 14,
+    /// Over the container's bandwidth limit: egress queued beyond the
+    /// pacing horizon, or ingress beyond its token bucket.
+    RateLimited = 15,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 15;
-    pub const ALL: [DropReason; 15] = [
+    pub const COUNT: u32 = 16;
+    pub const ALL: [DropReason; 16] = [
         DropReason::Truncated,
         DropReason::BadIpHeader,
         DropReason::SpoofedSource,
@@ -259,6 +295,7 @@ impl DropReason {
         DropReason::TunnelPort,
         DropReason::ControlPlane,
         DropReason::ForeignInnerSource,
+        DropReason::RateLimited,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -278,6 +315,7 @@ impl DropReason {
             DropReason::TunnelPort => "tunnel_port",
             DropReason::ControlPlane => "control_plane",
             DropReason::ForeignInnerSource => "foreign_inner_source",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -287,6 +325,10 @@ mod pod {
     // SAFETY: each type is #[repr(C)], has no implicit padding (sizes asserted
     // above) and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateLimit {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RemoteSubnet {}
     // SAFETY: as above.

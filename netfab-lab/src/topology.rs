@@ -292,6 +292,7 @@ impl Topology {
                 network: self.network_name(self.container_network(c)),
                 host_ifname: self.host_veth(c),
                 mac: MacAddr::container_for(self.container_ip(h, c)),
+                bandwidth: None,
             })
             .collect()
     }
@@ -333,6 +334,7 @@ impl Topology {
                         .vni,
                     host_ifname: e.host_ifname,
                     mac: e.mac,
+                    bandwidth: None,
                 })
                 .collect(),
             masquerade: true,

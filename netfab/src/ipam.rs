@@ -31,6 +31,10 @@ pub struct Allocation {
     /// written before it was kept; GC leaves those to `netfab ipam`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cni_network: String,
+    /// The runtime's `bandwidth` limits, kept so a rebuilt endpoints file
+    /// keeps them too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<crate::bandwidth::Bandwidth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +180,7 @@ mod tests {
             netns: "/x".into(),
             host_ifname: "nfx".into(),
             cni_network: "netfab".into(),
+            bandwidth: None,
         }
     }
 

@@ -24,7 +24,8 @@
 //! - [`rundir`]: the agent <-> CNI contract: paths, the versioned file types
 //!   (endpoints, leases, status), the agent lock, atomic writes, and how
 //!   each side learns at once that the other wrote.
-//! - [`cni`], [`ipam`]: the plugin and its address records.
+//! - [`cni`], [`ipam`], [`bandwidth`]: the plugin, its address records and
+//!   the containers' bandwidth limits.
 //! - [`stats`]: counters from the pinned maps.
 //! - [`netlink`], [`netns`], [`addr`], [`network`], [`lease`]: plumbing and
 //!   the cluster's value types.
@@ -33,6 +34,7 @@
 //! drives this one through its binaries and files.
 pub mod addr;
 pub mod agent;
+pub mod bandwidth;
 pub mod cni;
 pub mod dataplane;
 pub mod ipam;

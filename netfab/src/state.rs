@@ -75,6 +75,8 @@ pub struct EndpointSpec {
     /// The host-side veth.
     pub host_ifname: String,
     pub mac: MacAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<crate::bandwidth::Bandwidth>,
 }
 
 fn default_port() -> u16 {

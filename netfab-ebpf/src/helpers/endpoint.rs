@@ -6,6 +6,7 @@ use super::{
     counters::{count, drop_with, to_stack, Verdict},
     maps::ENDPOINTS,
     packet::Ipv4Frame,
+    rate,
 };
 
 #[inline(always)]
@@ -28,6 +29,7 @@ pub fn deliver_local(
     if dst.ifindex == HOST_ENDPOINT {
         return Ok(to_stack(ctx));
     }
+    rate::police_ingress(ctx, frame.daddr())?;
     if dir == Direction::LocalDelivery {
         frame.decrement_ttl()?;
     }

@@ -2,10 +2,11 @@
 //! adopts them (and their contents) instead of starting empty.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use netfab_common::{
-    Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, Settings, TrafficCounter,
+    Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RateLimit, RateState, RemoteSubnet,
+    Settings, TrafficCounter,
     MAX_ENDPOINTS, MAX_GUARDS, MAX_HOSTS, MAX_NETWORKS, MAX_REMOTE_SUBNETS,
 };
 
@@ -42,3 +43,12 @@ pub static GUARDS: HashMap<GuardKey, u32> = HashMap::pinned(MAX_GUARDS, 0);
 
 #[map(name = "NF_SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
+/// Bandwidth limits of local containers, by IPv4 (network order).
+#[map(name = "NF_RATE_LIMITS")]
+pub static RATE_LIMITS: HashMap<u32, RateLimit> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// Pacing and policing state of limited containers; the datapath's alone.
+/// LRU: entries of containers long gone age out without user space.
+#[map(name = "NF_RATE_STATE")]
+pub static RATE_STATE: LruHashMap<u32, RateState> = LruHashMap::pinned(MAX_ENDPOINTS, 0);

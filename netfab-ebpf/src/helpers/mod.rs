@@ -8,3 +8,4 @@ pub mod endpoint;
 pub mod guard;
 pub mod maps;
 pub mod packet;
+pub mod rate;

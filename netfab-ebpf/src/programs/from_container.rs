@@ -10,6 +10,7 @@ use crate::helpers::{
     guard,
     maps::REMOTE_SUBNETS,
     packet::{parse, Parsed},
+    rate,
 };
 
 pub fn try_from_container(ctx: &TcContext) -> Result<Verdict, Verdict> {
@@ -42,6 +43,8 @@ pub fn try_from_container(ctx: &TcContext) -> Result<Verdict, Verdict> {
         if remote.vni != src.vni {
             return Err(drop_with(DropReason::NetworkMismatch));
         }
+        // Leaving the host: the fq qdisc on the underlay enforces the pace.
+        rate::pace_egress(ctx, frame.saddr())?;
         let remote = *remote;
         if remote.flags & REMOTE_F_DIRECT != 0 {
             if let Some(v) = direct::to_peer(ctx, &frame, &remote) {
@@ -54,5 +57,6 @@ pub fn try_from_container(ctx: &TcContext) -> Result<Verdict, Verdict> {
     // The host itself or the outside world: the host stack routes it,
     // unless it is aimed at the fabric's own plumbing.
     guard::check(ctx, &frame)?;
+    rate::pace_egress(ctx, frame.saddr())?;
     Ok(to_stack(ctx))
 }

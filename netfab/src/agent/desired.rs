@@ -120,6 +120,7 @@ pub fn desired_state(
             vni: net.vni,
             host_ifname: e.host_ifname.clone(),
             mac: e.mac,
+            bandwidth: e.bandwidth,
         });
     }
     (state, warnings)
@@ -185,6 +186,7 @@ mod tests {
             network: net.into(),
             host_ifname: "nfc1".into(),
             mac: Default::default(),
+            bandwidth: None,
         }
     }
 

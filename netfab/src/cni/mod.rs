@@ -199,6 +199,7 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
         netns: netns.clone(),
         host_ifname: host_ifname.clone(),
         cni_network: conf.name.clone(),
+        bandwidth: bandwidth(conf),
     };
     let ip = ipam.allocate(subnet, &alloc).map_err(|e| match e {
         IpamError::Exhausted(_) => CniError::new(code::EXHAUSTED, e.to_string()),
@@ -243,6 +244,7 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
         network: conf.network.clone(),
         host_ifname: host_ifname.clone(),
         mac,
+        bandwidth: bandwidth(conf),
     };
     if let Err(e) = endpoints::update(&endpoints_file(conf), |eps| {
         eps.retain(|x| x.ip != ep.ip && x.host_ifname != ep.host_ifname);
@@ -286,6 +288,11 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
         route,
     };
     Ok(result.to_json(version, conf.prev_result.as_ref()))
+}
+
+/// The runtime's limits, if it set any.
+fn bandwidth(conf: &NetConf) -> Option<crate::bandwidth::Bandwidth> {
+    conf.runtime_config.bandwidth.filter(|b| !b.is_unlimited())
 }
 
 /// Where this attachment routes through its gateway: everything if it owns

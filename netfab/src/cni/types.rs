@@ -105,22 +105,7 @@ pub struct RuntimeConfig {
     #[serde(default)]
     pub mac: Option<String>,
     #[serde(default)]
-    pub bandwidth: Option<Bandwidth>,
-}
-
-/// The `bandwidth` capability, in bits per second and bits (as the upstream
-/// bandwidth plugin takes it).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Bandwidth {
-    #[serde(default)]
-    pub ingress_rate: u64,
-    #[serde(default)]
-    pub ingress_burst: u64,
-    #[serde(default)]
-    pub egress_rate: u64,
-    #[serde(default)]
-    pub egress_burst: u64,
+    pub bandwidth: Option<crate::bandwidth::Bandwidth>,
 }
 
 fn default_network() -> String {
@@ -181,6 +166,14 @@ impl NetConf {
             }
         }
         self.runtime_mac()?;
+        if let Some(b) = &self.runtime_config.bandwidth {
+            b.validate().map_err(|e| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("runtimeConfig.bandwidth: {e}"),
+                )
+            })?;
+        }
         Ok(())
     }
 

@@ -132,6 +132,12 @@ impl HostPlumbing {
             ..Default::default()
         };
         if let Some(f) = &fallback {
+            for e in state.endpoints.iter().filter(|e| e.bandwidth.is_some()) {
+                report.skipped.push(super::Skip {
+                    item: super::SkipItem::Endpoint(e.ip),
+                    reason: "bandwidth limits are enforced by the eBPF dataplane only".into(),
+                });
+            }
             // eBPF checks sources in from_container; the stack-routed
             // backends need a rule per container veth.
             input.endpoints = state

@@ -7,6 +7,7 @@ pub mod host;
 pub mod hostgw;
 pub mod iptables;
 pub mod kind;
+pub mod qdisc;
 pub mod select;
 pub mod vxlan;
 

@@ -17,6 +17,8 @@ pub struct LocalEndpoint {
     pub network: String,
     pub host_ifname: String,
     pub mac: MacAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<crate::bandwidth::Bandwidth>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,6 +78,7 @@ pub fn rebuild(
                 network: net.clone(),
                 host_ifname: a.host_ifname.clone(),
                 mac: *macs.get(ip)?,
+                bandwidth: a.bandwidth,
             })
         })
         .collect()

@@ -14,7 +14,7 @@ use aya::maps::{
 use ipnet::Ipv4Net;
 use netfab_common::{
     maps as names, Direction, DropReason, Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo,
-    RemoteSubnet, Settings, TrafficCounter,
+    RateLimit, RemoteSubnet, Settings, TrafficCounter,
 };
 use serde::Serialize;
 
@@ -31,6 +31,7 @@ pub struct BpfMaps {
     drops: PerCpuArray<MapData, u64>,
     guards: HashMap<MapData, GuardKey, u32>,
     settings: Array<MapData, Settings>,
+    rate_limits: HashMap<MapData, u32, RateLimit>,
 }
 
 fn open(dir: &Path, name: &str) -> Result<Map> {
@@ -82,6 +83,7 @@ impl BpfMaps {
             drops: typed!(dir, names::DROPS),
             guards: typed!(dir, names::GUARDS),
             settings: typed!(dir, names::SETTINGS),
+            rate_limits: typed!(dir, names::RATE_LIMITS),
         })
     }
 
@@ -108,6 +110,10 @@ impl BpfMaps {
         for kv in self.guards.iter() {
             let (k, v) = kv.context("reading guards")?;
             t.guards.insert(k, v);
+        }
+        for kv in self.rate_limits.iter() {
+            let (k, v) = kv.context("reading rate limits")?;
+            t.rate_limits.insert(from_wire(k), v);
         }
         t.host_config = self.host_config.get(&0, 0).context("reading host config")?;
         t.settings = self.settings.get(&0, 0).context("reading settings")?;
@@ -154,6 +160,19 @@ impl BpfMaps {
         }
         ups += d_g.upserts.len();
         rms += d_g.removals.len();
+        let d_rl = diff(&desired.rate_limits, &actual.rate_limits);
+        for (k, v) in &d_rl.upserts {
+            self.rate_limits
+                .insert(wire(*k), v, 0)
+                .context("writing rate limit")?;
+        }
+        for k in &d_rl.removals {
+            self.rate_limits
+                .remove(&wire(*k))
+                .context("removing rate limit")?;
+        }
+        ups += d_rl.upserts.len();
+        rms += d_rl.removals.len();
         if desired.settings != actual.settings {
             self.settings
                 .set(0, desired.settings, 0)

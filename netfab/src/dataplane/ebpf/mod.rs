@@ -185,6 +185,35 @@ impl EbpfDataplane {
     }
 }
 
+/// Egress limits are paced by departure time; fq on the underlay enforces
+/// them. Without it the limited containers are reported, not refused.
+fn pace_on_underlay(state: &DesiredState, report: &mut ApplyReport) {
+    let limited: Vec<_> = state
+        .endpoints
+        .iter()
+        .filter(|e| e.bandwidth.is_some_and(|b| b.limits_egress()))
+        .collect();
+    if limited.is_empty() {
+        return;
+    }
+    match super::qdisc::ensure_fq(&state.underlay_interface) {
+        Ok(true) => info!(
+            "egress bandwidth limits in use: fq is now the root qdisc of {}",
+            state.underlay_interface
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            warn!("egress bandwidth limits cannot be enforced: {e:#}");
+            for ep in limited {
+                report.skipped.push(super::Skip {
+                    item: super::SkipItem::Endpoint(ep.ip),
+                    reason: format!("egress limit not enforced: {e:#}"),
+                });
+            }
+        }
+    }
+}
+
 impl EbpfDataplane {
     /// Routes (and, for the overlay, permanent VTEP neighbours) that carry
     /// the host's own packets to remote containers: direct peers by their
@@ -317,6 +346,7 @@ impl Dataplane for EbpfDataplane {
         let routes = self
             .host_paths(state, vxlan.ifindex, underlay_ifindex, &mut report)
             .await?;
+        pace_on_underlay(state, &mut report);
         self.host
             .apply(&self.netlink, state, &links, routes, None, &mut report)
             .await?;

@@ -7,8 +7,8 @@ use std::{
 
 use ipnet::Ipv4Net;
 use netfab_common::{
-    DropReason, Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, Settings,
-    HOST_ENDPOINT, IPPROTO_TCP, IPPROTO_UDP, REMOTE_F_DIRECT, SETTINGS_F_LOG_DROPS,
+    DropReason, Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RateLimit, RemoteSubnet,
+    Settings, HOST_ENDPOINT, IPPROTO_TCP, IPPROTO_UDP, REMOTE_F_DIRECT, SETTINGS_F_LOG_DROPS,
 };
 
 use crate::{
@@ -27,6 +27,8 @@ pub struct LinkFacts {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Tables {
     pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    /// Bandwidth limits of the containers that have any.
+    pub rate_limits: BTreeMap<Ipv4Addr, RateLimit>,
     pub remote_subnets: BTreeMap<Ipv4Net, RemoteSubnet>,
     pub known_hosts: BTreeMap<Ipv4Addr, KnownHost>,
     pub networks: BTreeMap<u32, NetworkInfo>,
@@ -58,6 +60,9 @@ pub fn desired_tables(
                         gw_mac: link.mac.0,
                     },
                 );
+                if let Some(b) = e.bandwidth.filter(|b| !b.is_unlimited()) {
+                    t.rate_limits.insert(e.ip, b.rate_limit());
+                }
             }
             None => skipped.push(Skip {
                 item: SkipItem::Endpoint(e.ip),

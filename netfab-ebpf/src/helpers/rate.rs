@@ -1,0 +1,118 @@
+//! Bandwidth limits (the CNI `bandwidth` capability), as Cilium's Bandwidth
+//! Manager does egress: each packet leaving a limited container is stamped
+//! with its earliest departure time and the `fq` qdisc on the underlay
+//! holds it until then, so the rate holds without a queue per container.
+//! Ingress cannot be paced (redirects into a container pass no qdisc), so
+//! it is policed: a token bucket that drops what exceeds it.
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_skb_set_tstamp},
+    programs::TcContext,
+};
+use netfab_common::{DropReason, RateState};
+
+use super::{
+    counters::{drop_with, Verdict},
+    maps::{RATE_LIMITS, RATE_STATE},
+};
+
+const NSEC_PER_SEC: u64 = 1_000_000_000;
+/// `BPF_SKB_TSTAMP_DELIVERY_MONO` (an anonymous enum in the bindings): the
+/// stamp is a departure time on the monotonic clock, which survives
+/// forwarding and encapsulation and which `fq` reads.
+const BPF_SKB_TSTAMP_DELIVERY_MONO: u32 = 1;
+/// Packets that would leave later than the horizon are dropped rather than
+/// queued. A container's TCP gets no backpressure from a qdisc in another
+/// namespace, so it fills whatever queue it is allowed: the horizon is that
+/// queue. 500 ms, or two full-size (64 KiB GSO) packets at the rate if that
+/// is longer, so a slow limit still passes aggregated packets.
+const MIN_HORIZON_NS: u64 = NSEC_PER_SEC / 2;
+const MAX_PACKET: u64 = 65536;
+
+#[inline(always)]
+fn state(ip: u32) -> Option<*mut RateState> {
+    if let Some(p) = RATE_STATE.get_ptr_mut(&ip) {
+        return Some(p);
+    }
+    let _ = RATE_STATE.insert(&ip, &RateState::default(), 0);
+    RATE_STATE.get_ptr_mut(&ip)
+}
+
+/// Paces a packet from container `ip` by its egress limit, if it has one.
+#[inline(always)]
+pub fn pace_egress(ctx: &TcContext, ip: u32) -> Result<(), Verdict> {
+    // SAFETY: the value is copied out at once.
+    let Some(limit) = (unsafe { RATE_LIMITS.get(&ip) }).copied() else {
+        return Ok(());
+    };
+    if limit.egress_bytes_per_sec == 0 {
+        return Ok(());
+    }
+    let Some(st) = state(ip) else {
+        return Ok(());
+    };
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cost = ctx.len() as u64 * NSEC_PER_SEC / limit.egress_bytes_per_sec;
+    // SAFETY: the pointer comes from a successful lookup in an LRU map the
+    // datapath alone writes; a race between CPUs costs accuracy, not safety.
+    let next = unsafe { (*st).egress_next_ns };
+    // Idle time earns at most the burst allowance.
+    let start = if next + limit.egress_burst_ns < now {
+        now - limit.egress_burst_ns
+    } else {
+        next
+    };
+    let departs = start + cost;
+    let horizon = core::cmp::max(
+        MIN_HORIZON_NS,
+        2 * MAX_PACKET * NSEC_PER_SEC / limit.egress_bytes_per_sec,
+    );
+    if departs > now + horizon {
+        return Err(drop_with(DropReason::RateLimited));
+    }
+    // SAFETY: as above.
+    unsafe { (*st).egress_next_ns = departs };
+    if departs > now {
+        // SAFETY: plain helper call on the context's skb.
+        unsafe {
+            bpf_skb_set_tstamp(ctx.skb.skb, departs, BPF_SKB_TSTAMP_DELIVERY_MONO);
+        }
+    }
+    Ok(())
+}
+
+/// Polices a packet for container `ip` by its ingress limit, if it has one.
+#[inline(always)]
+pub fn police_ingress(ctx: &TcContext, ip: u32) -> Result<(), Verdict> {
+    // SAFETY: the value is copied out at once.
+    let Some(limit) = (unsafe { RATE_LIMITS.get(&ip) }).copied() else {
+        return Ok(());
+    };
+    if limit.ingress_bytes_per_sec == 0 {
+        return Ok(());
+    }
+    let Some(st) = state(ip) else {
+        return Ok(());
+    };
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: as in `pace_egress`.
+    let (tokens, at) = unsafe { ((*st).ingress_tokens, (*st).ingress_at_ns) };
+    // At most a second of refill counts: a full bucket is far less, and the
+    // product stays well inside u64.
+    let idle = core::cmp::min(now.saturating_sub(at), NSEC_PER_SEC);
+    let earned = idle * limit.ingress_bytes_per_sec / NSEC_PER_SEC;
+    let tokens = core::cmp::min(tokens + earned, limit.ingress_burst_bytes);
+    let len = ctx.len() as u64;
+    let (left, verdict) = if len > tokens {
+        (tokens, Err(drop_with(DropReason::RateLimited)))
+    } else {
+        (tokens - len, Ok(()))
+    };
+    // SAFETY: as above.
+    unsafe {
+        (*st).ingress_tokens = left;
+        (*st).ingress_at_ns = now;
+    }
+    verdict
+}
