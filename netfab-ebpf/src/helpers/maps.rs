@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use netfab_common::{
     Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RateLimit, RateState, RemoteSubnet,
-    Settings, TrafficCounter,
-    MAX_ENDPOINTS, MAX_GUARDS, MAX_HOSTS, MAX_NETWORKS, MAX_REMOTE_SUBNETS,
+    Settings, TrafficCounter, MAX_ENDPOINTS, MAX_GUARDS, MAX_HOSTS, MAX_NETWORKS,
+    MAX_REMOTE_SUBNETS,
 };
 
 /// Local containers by IPv4 (network order).
