@@ -304,6 +304,11 @@ fn malformed_input_gets_the_spec_error_code_and_leaves_nothing_behind() {
         c[key] = v.into();
         c.to_string().into_bytes()
     };
+    let with_runtime = |rc: Value| {
+        let mut c = good.clone();
+        c["runtimeConfig"] = rc;
+        c.to_string().into_bytes()
+    };
     let bad_ifname = {
         let mut e = env("ADD", &id, &netns);
         e[1] = ("CNI_IFNAME", "a:b");
@@ -380,6 +385,18 @@ fn malformed_input_gets_the_spec_error_code_and_leaves_nothing_behind() {
             "a dataDir with ..",
             env("ADD", &id, &netns),
             with("dataDir", "/var/lib/netfab/../../../tmp"),
+            7,
+        ),
+        (
+            "a runtime MAC that is multicast",
+            env("ADD", &id, &netns),
+            with_runtime(json!({"mac": "01:00:5e:00:00:01"})),
+            7,
+        ),
+        (
+            "an egress rate without its burst",
+            env("ADD", &id, &netns),
+            with_runtime(json!({"bandwidth": {"egressRate": 1000000}})),
             7,
         ),
         (

@@ -191,6 +191,7 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
     require_agent(conf)?;
     let Lease { subnet, mtu, cidr } = lease(conf)?;
     let route = route_for(conf, &netns, &ifname, cidr)?;
+    let runtime_mac = conf.runtime_mac()?;
     let ipam = ipam(conf)?;
     let host_ifname = attach::host_ifname(&cid, &ifname);
     let alloc = Allocation {
@@ -207,7 +208,7 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
     })?;
     let gateway = Ipam::gateway(subnet);
     let address = Ipv4Net::new(ip, subnet.prefix_len()).expect("prefix from a valid subnet");
-    let mac = conf.runtime_mac()?.unwrap_or(MacAddr::container_for(ip));
+    let mac = runtime_mac.unwrap_or(MacAddr::container_for(ip));
     let wired = runtime()?.block_on(async {
         let host = Netlink::connect()?;
         // A retried ADD finds its own leftovers: start from scratch.
