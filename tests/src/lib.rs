@@ -37,6 +37,14 @@ macro_rules! require_privileges {
     };
 }
 
+/// The first address of a CNI result, without its prefix length.
+pub fn result_ip(r: &serde_json::Value) -> String {
+    let a = r["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address in the result {r}"));
+    a.split('/').next().unwrap_or_default().to_string()
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -8,7 +8,7 @@ use netfab_lab::{
     sh,
     topology::Topology,
 };
-use netfab_tests::{guards::LabGuard, libcni::ConfList, require_privileges};
+use netfab_tests::{guards::LabGuard, libcni::ConfList, require_privileges, result_ip};
 use serde_json::{json, Value};
 
 /// netfab's own entry of a conflist: libcni injects name and cniVersion.
@@ -64,8 +64,7 @@ fn libcni_add_check_del_twice_chained_with_tuning_portmap_and_firewall() {
             .run(t, 1, "ADD", &ctr, "eth0", Some(&caps))
             .unwrap_or_else(|e| panic!("{version} ADD: {e}"));
         assert_eq!(r["cniVersion"], version, "{r}");
-        let addr = r["ips"][0]["address"].as_str().expect("an address");
-        let ip = addr.split('/').next().unwrap().to_string();
+        let ip = result_ip(&r);
         assert!(t
             .subnet(1, 1)
             .unwrap()
@@ -180,13 +179,7 @@ fn runtime_set_mac_keeps_the_pod_reachable_and_a_hidden_change_fails_check() {
             .run(t, 1, "ADD", &ctr, "eth0", Some(&caps))
             .unwrap_or_else(|e| panic!("ADD: {e}"));
         assert_eq!(link_mac(&ctr, "eth0"), mac, "tuning set the MAC");
-        let ip = r["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let ip = result_ip(&r);
         let check = list.run(t, 1, "CHECK", &ctr, "eth0", Some(&caps));
         if netfab_told {
             let ours = r["interfaces"]
@@ -249,13 +242,7 @@ fn a_pod_with_two_netfab_interfaces_reaches_both_networks() {
         t.network_cidr(2).to_string(),
         "{r2}"
     );
-    let eth1 = r2["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let eth1 = result_ip(&r2);
     for c in [1, 2] {
         let dst = t.container_ip(2, c).to_string();
         let st = ping(&ctr, &dst, 3, "0.05").unwrap();
@@ -338,13 +325,7 @@ fn bandwidth_capability_limits_a_pod_and_leaves_others_alone() {
         let r = list
             .run(t, 1, "ADD", &capped, "eth0", Some(&caps))
             .unwrap_or_else(|e| panic!("ADD with a limit: {e}"));
-        let ip = r["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let ip = result_ip(&r);
         let mut targets = vec![(remote_pod.clone(), 5201, "a remote pod")];
         if direct {
             targets.push((t.host_ip(2).to_string(), 5202, "a remote host"));

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use netfab::{cni::attach::host_ifname, dataplane::select::Choice, ipam::Ipam, rundir::endpoints};
 use netfab_lab::{self as lab, cni, demo::ping, sh, topology::Topology};
-use netfab_tests::{guards::LabGuard, netfab_ok, require_privileges, wait_for};
+use netfab_tests::{guards::LabGuard, netfab_ok, require_privileges, result_ip, wait_for};
 use serde_json::{json, Value};
 
 fn env<'a>(cmd: &'a str, id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -219,13 +219,7 @@ fn agent_killed_status_turns_unready_and_add_fails_fast_leaving_nothing() {
     });
     let (ok, r) = call(t, "ADD", &id, &netns, &conf);
     assert!(ok, "ADD after the agent returned: {r}");
-    let ip = r["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip = result_ip(&r);
     let st = ping(&t.container_ns(2, 1), &ip, 1, "0.05").unwrap();
     assert_eq!(st.received, 1, "first ping to the new container answered");
 }
@@ -476,13 +470,7 @@ fn leaks_are_found_and_freed_by_release_and_by_gc() {
     let (id, netns) = new_container(t, "k1");
     let (ok, r) = call(t, "ADD", &id, &netns, &conf);
     assert!(ok, "{r}");
-    let leaked = r["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let leaked = result_ip(&r);
     sh::ip(&["netns", "del", &id]).unwrap();
     let report = ipam_check();
     assert!(

@@ -8,7 +8,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_skb_set_tstamp},
     programs::TcContext,
 };
-use netfab_common::{DropReason, RateState};
+use netfab_common::{DropReason, RateLimit, RateState};
 
 use super::{
     counters::{drop_with, Verdict},
@@ -37,21 +37,26 @@ fn state(ip: u32) -> Option<*mut RateState> {
     RATE_STATE.get_ptr_mut(&ip)
 }
 
+/// Container `ip`'s limits, its state and the time, if the direction
+/// `rate` picks is limited.
+#[inline(always)]
+fn limited(ip: u32, rate: impl Fn(&RateLimit) -> u64) -> Option<(RateLimit, *mut RateState, u64)> {
+    // SAFETY: the value is copied out at once.
+    let limit = (unsafe { RATE_LIMITS.get(&ip) }).copied()?;
+    if rate(&limit) == 0 {
+        return None;
+    }
+    let st = state(ip)?;
+    // SAFETY: no arguments.
+    Some((limit, st, unsafe { bpf_ktime_get_ns() }))
+}
+
 /// Paces a packet from container `ip` by its egress limit, if it has one.
 #[inline(always)]
 pub fn pace_egress(ctx: &TcContext, ip: u32) -> Result<(), Verdict> {
-    // SAFETY: the value is copied out at once.
-    let Some(limit) = (unsafe { RATE_LIMITS.get(&ip) }).copied() else {
+    let Some((limit, st, now)) = limited(ip, |l| l.egress_bytes_per_sec) else {
         return Ok(());
     };
-    if limit.egress_bytes_per_sec == 0 {
-        return Ok(());
-    }
-    let Some(st) = state(ip) else {
-        return Ok(());
-    };
-    // SAFETY: no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     let cost = ctx.len() as u64 * NSEC_PER_SEC / limit.egress_bytes_per_sec;
     // SAFETY: the pointer comes from a successful lookup in an LRU map the
     // datapath alone writes; a race between CPUs costs accuracy, not safety.
@@ -84,18 +89,9 @@ pub fn pace_egress(ctx: &TcContext, ip: u32) -> Result<(), Verdict> {
 /// Polices a packet for container `ip` by its ingress limit, if it has one.
 #[inline(always)]
 pub fn police_ingress(ctx: &TcContext, ip: u32) -> Result<(), Verdict> {
-    // SAFETY: the value is copied out at once.
-    let Some(limit) = (unsafe { RATE_LIMITS.get(&ip) }).copied() else {
+    let Some((limit, st, now)) = limited(ip, |l| l.ingress_bytes_per_sec) else {
         return Ok(());
     };
-    if limit.ingress_bytes_per_sec == 0 {
-        return Ok(());
-    }
-    let Some(st) = state(ip) else {
-        return Ok(());
-    };
-    // SAFETY: no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: as in `pace_egress`.
     let (tokens, at) = unsafe { ((*st).ingress_tokens, (*st).ingress_at_ns) };
     // At most a second of refill counts: a full bucket is far less, and the
