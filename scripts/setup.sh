@@ -3,14 +3,16 @@
 # Debian packages (Debian's rustc-web ships a prebuilt `core` for bpfel, see
 # ../shared/docs/ebpf-toolchain.md), bpf-linker built against LLVM 22, and
 # etcd/iperf3/tcpdump for the lab and the tests, and the upstream CNI library
-# (Go, built by the tests) and plugins the CNI tests chain with. Safe to run again: every step
+# (Go, built by the tests) and plugins the CNI tests chain with, and Prometheus
+# (promtool and a server) for the metrics tests. Safe to run again: every step
 # checks first.
 set -euo pipefail
 
 APT_PKGS=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev bpftool
           iproute2 iputils-ping iperf3 tcpdump etcd-server etcd-client iptables nftables
           protobuf-compiler libprotobuf-dev librsvg2-bin ca-certificates pkg-config
-          python3-scapy golang-go golang-github-appc-cni-dev containernetworking-plugins)
+          python3-scapy golang-go golang-github-appc-cni-dev containernetworking-plugins
+          prometheus)
 BPF_LINKER_VERSION=0.13.0
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -30,9 +32,12 @@ fi
 
 # Debian's etcd-server package enables a system etcd on :2379; netfab runs its
 # own etcd instances, so keep the packaged one from holding the port.
-if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
-  systemctl disable --now etcd >/dev/null 2>&1 || true
-fi
+# The same for Prometheus: the tests start their own servers in the lab.
+for unit in etcd prometheus; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$unit" 2>/dev/null; then
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+  fi
+done
 
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo >/dev/null; then

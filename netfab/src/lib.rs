@@ -26,7 +26,8 @@
 //!   each side learns at once that the other wrote.
 //! - [`cni`], [`ipam`], [`bandwidth`]: the plugin, its address records and
 //!   the containers' bandwidth limits.
-//! - [`stats`]: counters from the pinned maps.
+//! - [`stats`]: counters from the pinned maps; [`serve`]: the agent's
+//!   `/healthz`, `/readyz` and `/metrics`.
 //! - [`netlink`], [`netns`], [`addr`], [`network`], [`lease`]: plumbing and
 //!   the cluster's value types.
 //!
@@ -44,6 +45,7 @@ pub mod netns;
 pub mod network;
 pub mod reconcile;
 pub mod rundir;
+pub mod serve;
 pub mod state;
 pub mod stats;
 pub mod store;

@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod frames;
 pub mod guards;
+pub mod http;
 pub mod libcni;
 pub mod pcap;
 pub mod sockets;

@@ -129,6 +129,9 @@ pub struct Fabric<S: SubnetStore> {
     next_connect: Instant,
     last_list: Option<Instant>,
     ka_tick: tokio::time::Interval,
+    /// When the store last confirmed our lease (session opened or kept
+    /// alive).
+    lease_renewed: Option<Instant>,
     /// The plugin's writes wake the loop at once (no polling delay).
     local: Changes,
 }
@@ -162,6 +165,7 @@ impl<S: SubnetStore> Fabric<S> {
             next_connect: Instant::now(),
             last_list: None,
             ka_tick: tokio::time::interval(ka_every),
+            lease_renewed: None,
             local,
         }
     }
@@ -223,6 +227,7 @@ impl<S: SubnetStore> Fabric<S> {
 
     async fn open_session(&mut self) -> Result<()> {
         self.store.open(self.cfg.lease_ttl).await?;
+        self.lease_renewed = Some(Instant::now());
         let listing = self.store.list().await?;
         let (snap, bad) = listing.snapshot(&self.store, self.snap.as_ref());
         self.set_bad(&bad);
@@ -563,6 +568,7 @@ impl<S: SubnetStore> Source for Fabric<S> {
                         self.lost(&format!("{e:#}"));
                         return true;
                     }
+                    self.lease_renewed = Some(Instant::now());
                 }
                 false
             }
@@ -621,6 +627,11 @@ impl<S: SubnetStore> Source for Fabric<S> {
                 })
                 .collect(),
         }
+    }
+
+    fn lease_ttl_left(&self) -> Option<f64> {
+        let renewed = self.lease_renewed.filter(|_| self.store.is_open())?;
+        Some((self.cfg.lease_ttl as f64 - renewed.elapsed().as_secs_f64()).max(0.0))
     }
 
     fn applied(&mut self) {

@@ -54,6 +54,8 @@ pub struct LoopConfig {
     pub underlay_net: Option<Ipv4Net>,
     /// MTU containers on this host must use.
     pub container_mtu: u32,
+    /// What the health and metrics endpoints read, if they are served.
+    pub observed: Option<crate::serve::observed::Shared>,
 }
 
 /// What a source knows beyond the desired state, for `netfab status`.
@@ -80,6 +82,10 @@ pub trait Source {
     /// The desired state now; `None` while it is not known yet.
     fn desired(&mut self) -> Option<DesiredState>;
     fn context(&self) -> StatusContext<'_>;
+    /// Seconds until our store lease would expire without a keep-alive.
+    fn lease_ttl_left(&self) -> Option<f64> {
+        None
+    }
     /// After each apply attempt (say, to publish what was leased).
     fn applied(&mut self) {}
     async fn shutdown(&mut self) {}
@@ -105,12 +111,22 @@ pub async fn run<S: Source, D: Dataplane>(
                     Err(e) => error!("computed state is inconsistent, not applied: {e}"),
                     Ok(()) => {
                         applies += 1;
-                        match dp.apply(&state).await {
+                        let started = Instant::now();
+                        let applied = dp.apply(&state).await;
+                        let took = started.elapsed().as_secs_f64();
+                        match applied {
                             Ok(r) => {
                                 log_report(&state, &r);
-                                write_status(cfg, dp.name(), source, &state, &r, applies);
+                                let st = report_status(cfg, dp.name(), source, &state, &r, applies);
+                                observe(cfg, |o| {
+                                    o.apply_seconds.observe(took);
+                                    o.status = Some(st);
+                                });
                             }
-                            Err(e) => error!("apply failed: {e:#}"),
+                            Err(e) => {
+                                error!("apply failed: {e:#}");
+                                observe(cfg, |o| o.apply_failures += 1);
+                            }
                         }
                     }
                 }
@@ -119,6 +135,11 @@ pub async fn run<S: Source, D: Dataplane>(
                 dirty = false;
             }
         }
+        let ttl = source.lease_ttl_left();
+        observe(cfg, |o| {
+            o.tick = Instant::now();
+            o.lease_ttl_left = ttl;
+        });
         tokio::select! {
             _ = &mut shutdown => {
                 info!("shutting down; the dataplane stays in place");
@@ -152,17 +173,22 @@ fn log_report(state: &DesiredState, r: &ApplyReport) {
     }
 }
 
-fn write_status<S: Source>(
+/// Updates what the health and metrics endpoints see, if they are served.
+fn observe(cfg: &LoopConfig, f: impl FnOnce(&mut crate::serve::observed::Observed)) {
+    if let Some(o) = &cfg.observed {
+        f(&mut o.lock().expect("observed state poisoned"));
+    }
+}
+
+/// Builds the status report and writes it to the status file, if any.
+fn report_status<S: Source>(
     cfg: &LoopConfig,
     dataplane: &str,
     source: &S,
     state: &DesiredState,
     report: &ApplyReport,
     applies: u64,
-) {
-    let Some(path) = &cfg.status_file else {
-        return;
-    };
+) -> status::Status {
     let ctx = source.context();
     let empty = Snapshot::default();
     let st = status::build(
@@ -182,7 +208,10 @@ fn write_status<S: Source>(
         },
         status::now_secs(),
     );
-    if let Err(e) = status::write(path, &st) {
-        error!("writing status file: {e:#}");
+    if let Some(path) = &cfg.status_file {
+        if let Err(e) = status::write(path, &st) {
+            error!("writing status file: {e:#}");
+        }
     }
+    st
 }

@@ -121,6 +121,7 @@ fn loop_cfg(status_file: Option<PathBuf>) -> LoopConfig {
         dataplane_reason: "test".into(),
         underlay_net: Some("100.64.0.1/24".parse().unwrap()),
         container_mtu: 1450,
+        observed: None,
     }
 }
 

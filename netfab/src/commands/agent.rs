@@ -81,6 +81,10 @@ pub struct AgentArgs {
     /// Seconds between full resyncs that repair drift (fractions allowed).
     #[arg(long, default_value_t = 10.0)]
     resync_secs: f64,
+    /// Where to serve /healthz, /readyz and /metrics (host network), or
+    /// `off`.
+    #[arg(long, env = "NETFAB_HTTP_LISTEN", default_value = "0.0.0.0:9810")]
+    http_listen: String,
 }
 
 pub fn run(a: AgentArgs) -> Result<()> {
@@ -94,6 +98,13 @@ pub fn run(a: AgentArgs) -> Result<()> {
         bail!("--resync-secs must be at least 0.05");
     }
     let resync = Duration::from_secs_f64(a.resync_secs);
+    let http_listen: Option<std::net::SocketAddr> = match a.http_listen.as_str() {
+        "off" | "" => None,
+        l => Some(
+            l.parse()
+                .with_context(|| format!("--http-listen `{l}` is not ADDRESS:PORT or `off`"))?,
+        ),
+    };
     if a.lease_ttl < 2 {
         bail!("--lease-ttl must be at least 2 seconds");
     }
@@ -118,6 +129,21 @@ pub fn run(a: AgentArgs) -> Result<()> {
         if let Some(dir) = status_file.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        let observed = match http_listen {
+            None => None,
+            Some(listen) => {
+                let observed = netfab::serve::observed::shared(a.state_file.is_none());
+                let sc = netfab::serve::ServeConfig {
+                    listen,
+                    pin_dir: pins.clone(),
+                    // The loop turns at least every resync (and every 200 ms
+                    // with a store); silence for three resyncs means stuck.
+                    stale_after: (resync * 3).max(Duration::from_secs(30)),
+                };
+                netfab::serve::start(sc, observed.clone()).await?;
+                Some(observed)
+            }
+        };
         let lc = LoopConfig {
             node: node.clone(),
             resync,
@@ -125,6 +151,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
             dataplane_reason: sel.reason,
             underlay_net: Some(underlay_net),
             container_mtu,
+            observed,
         };
         if let Some(state_file) = a.state_file {
             info!("state-file mode: the desired state comes from {}", state_file.display());
