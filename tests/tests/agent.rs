@@ -172,3 +172,48 @@ fn a_state_file_agent_runs_host_gw_and_reports_its_peers() {
         .unwrap();
     assert!(peer.contains(" host-gw "), "{peer}");
 }
+
+/// Without --underlay-interface the agent finds the underlay as a
+/// DaemonSet needs it: the interface holding NODE_IP, else the one the
+/// default route leaves by; a NODE_IP no interface holds is an error.
+#[test]
+fn the_underlay_is_found_by_node_ip_or_default_route() {
+    require_privileges!();
+    let ns = netfab_tests::guards::NetNs::new("nf-udetect");
+    for cmd in [
+        "link add ua type veth peer name ub",
+        "link add uc type veth peer name ud",
+        "addr add 10.99.0.1/24 dev ua",
+        "addr add 10.98.0.1/24 dev uc",
+        "link set ua up",
+        "link set ub up",
+        "link set uc up",
+        "link set ud up",
+        "route add default via 10.99.0.2 dev ua",
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        lab::sh::ip_in(&ns.name, &args).unwrap();
+    }
+    let detect = |ip: Option<&str>| {
+        let ip = ip.map(|i| i.parse().unwrap());
+        in_netns(&ns.name, move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    netfab::netlink::Netlink::connect()?
+                        .detect_underlay(ip)
+                        .await
+                })
+                .map_err(|e| format!("{e:#}"))
+        })
+    };
+    assert_eq!(detect(None).unwrap(), "ua", "the default route's interface");
+    assert_eq!(detect(Some("10.98.0.1")).unwrap(), "uc", "the node IP's");
+    let e = detect(Some("10.1.1.1")).unwrap_err();
+    assert!(
+        e.contains("10.1.1.1") && e.contains("--underlay-interface"),
+        "{e}"
+    );
+}

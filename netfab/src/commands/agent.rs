@@ -31,12 +31,18 @@ pub struct AgentArgs {
     /// `runDir`): endpoints.json, leases.json, status.json, agent.lock.
     #[arg(long, env = "NETFAB_RUN_DIR", default_value = netfab::rundir::DEFAULT)]
     run_dir: PathBuf,
-    /// This host's name in the cluster [default: netns name, else hostname].
-    #[arg(long)]
+    /// This host's name in the cluster [default: netns name, else hostname]
+    /// (Kubernetes: `NODE_NAME` from `spec.nodeName`).
+    #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
-    /// The interface whose IPv4 address is this host's tunnel endpoint.
-    #[arg(long, default_value = "eth0")]
-    underlay_interface: String,
+    /// The interface whose IPv4 address is this host's tunnel endpoint
+    /// [default: the one holding --node-ip, else the default route's].
+    #[arg(long, env = "NETFAB_UNDERLAY_INTERFACE")]
+    underlay_interface: Option<String>,
+    /// This node's IP, to find the underlay interface by (Kubernetes:
+    /// `NODE_IP` from `status.hostIP`).
+    #[arg(long, env = "NODE_IP")]
+    node_ip: Option<std::net::Ipv4Addr>,
     /// Which dataplane: `auto` uses eBPF when it really works here, else
     /// kernel VXLAN.
     #[arg(long, value_enum, default_value_t = Choice::Auto)]
@@ -116,7 +122,15 @@ pub fn run(a: AgentArgs) -> Result<()> {
     let _lock = netfab::rundir::lock_agent(&rd, &node)?;
     runtime()?.block_on(async move {
         let nl = Netlink::connect()?;
-        let (underlay, underlay_net) = nl.underlay(&a.underlay_interface).await?;
+        let underlay_interface = match a.underlay_interface.clone() {
+            Some(i) => i,
+            None => {
+                let i = nl.detect_underlay(a.node_ip).await?;
+                info!("underlay interface {i} (detected)");
+                i
+            }
+        };
+        let (underlay, underlay_net) = nl.underlay(&underlay_interface).await?;
         let sel =
             select::select(a.dataplane, object::locate(a.bpf_object.as_deref()), &pins).await?;
         let mut dp = sel.dataplane;
@@ -169,7 +183,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
         }
         let fc = fabric::FabricConfig {
             node,
-            underlay_interface: a.underlay_interface,
+            underlay_interface,
             underlay_net,
             dataplane: dp.name().to_string(),
             lease_ttl: a.lease_ttl,

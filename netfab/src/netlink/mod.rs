@@ -16,6 +16,7 @@ use crate::{addr::MacAddr, dataplane::ebpf::tables::LinkFacts};
 pub mod gateways;
 pub mod neigh;
 pub mod routes;
+pub mod underlay;
 
 /// Bytes VXLAN adds over IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const VXLAN_OVERHEAD: u32 = 50;
