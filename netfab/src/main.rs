@@ -53,6 +53,9 @@ enum Cmd {
     },
     /// Remove everything the dataplane created on this host.
     Cleanup(HostArgs),
+    /// Install netfab-cni into the CNI bin dir (atomically); with
+    /// --wait-ready-secs also the conflist, once the local agent is ready.
+    InstallCni(commands::install::InstallArgs),
     /// Show the datapath's packet, byte and drop counters.
     Stats {
         #[command(flatten)]
@@ -74,6 +77,7 @@ fn main() -> Result<()> {
         } => commands::agent::show_status(run_dir, status_file, json),
         Cmd::Ipam { cmd, netns } => commands::ipam::run(cmd, netns),
         Cmd::Cleanup(h) => commands::agent::cleanup(h),
+        Cmd::InstallCni(a) => commands::install::run(a),
         Cmd::Stats { host, json } => commands::agent::show_stats(host, json),
     }
 }

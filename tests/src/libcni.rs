@@ -96,6 +96,29 @@ impl ConfList {
             .parent()
             .expect("a directory")
             .to_path_buf();
+        self.run_with_plugins(
+            topo,
+            h,
+            &netfab_dir,
+            verb,
+            container,
+            ifname,
+            capability_args,
+        )
+    }
+
+    /// As [`Self::run`], with netfab-cni taken from `netfab_dir`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with_plugins(
+        &self,
+        topo: &Topology,
+        h: u32,
+        netfab_dir: &Path,
+        verb: &str,
+        container: &str,
+        ifname: &str,
+        capability_args: Option<&Value>,
+    ) -> Result<Value, Value> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &topo.host_ns(h)])
             .arg(client())

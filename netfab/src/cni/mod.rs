@@ -9,6 +9,7 @@
 //! directory (see [`crate::ipam`]). So ADD needs a running agent only for
 //! the lease, and DEL, GC and `netfab ipam` work with the agent down.
 pub mod attach;
+pub mod install;
 pub mod types;
 
 use std::{collections::BTreeSet, path::PathBuf};

@@ -87,6 +87,9 @@ pub struct AgentArgs {
     /// Seconds between full resyncs that repair drift (fractions allowed).
     #[arg(long, default_value_t = 10.0)]
     resync_secs: f64,
+    /// The conflist the agent writes once it is ready.
+    #[command(flatten)]
+    cni: super::install::CniConfArgs,
     /// Where to serve /healthz, /readyz and /metrics (host network), or
     /// `off`.
     #[arg(long, env = "NETFAB_HTTP_LISTEN", default_value = "0.0.0.0:9810")]
@@ -143,21 +146,18 @@ pub fn run(a: AgentArgs) -> Result<()> {
         if let Some(dir) = status_file.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let observed = match http_listen {
-            None => None,
-            Some(listen) => {
-                let observed = netfab::serve::observed::shared(a.state_file.is_none());
-                let sc = netfab::serve::ServeConfig {
-                    listen,
-                    pin_dir: pins.clone(),
-                    // The loop turns at least every resync (and every 200 ms
-                    // with a store); silence for three resyncs means stuck.
-                    stale_after: (resync * 3).max(Duration::from_secs(30)),
-                };
-                netfab::serve::start(sc, observed.clone()).await?;
-                Some(observed)
-            }
-        };
+        let observed = netfab::serve::observed::shared(a.state_file.is_none());
+        if let Some(listen) = http_listen {
+            let sc = netfab::serve::ServeConfig {
+                listen,
+                pin_dir: pins.clone(),
+                // The loop turns at least every resync (and every 200 ms
+                // with a store); silence for three resyncs means stuck.
+                stale_after: (resync * 3).max(Duration::from_secs(30)),
+            };
+            netfab::serve::start(sc, observed.clone()).await?;
+        }
+        write_conflist_when_ready(a.cni.clone(), a.run_dir.clone(), observed.clone());
         let lc = LoopConfig {
             node: node.clone(),
             resync,
@@ -165,12 +165,13 @@ pub fn run(a: AgentArgs) -> Result<()> {
             dataplane_reason: sel.reason,
             underlay_net: Some(underlay_net),
             container_mtu,
-            observed,
+            observed: Some(observed),
         };
         if let Some(state_file) = a.state_file {
             info!("state-file mode: the desired state comes from {}", state_file.display());
             let mut src = StateFile::new(state_file, Duration::from_millis(200));
-            return agent::run(&lc, &mut src, &mut dp, shutdown_signal()).await;
+            agent::run(&lc, &mut src, &mut dp, shutdown_signal()).await?;
+            return a.cni.remove();
         }
         let etcd = a.etcd.config();
         let store_addrs = super::etcd_addrs(&etcd.endpoints)?;
@@ -181,6 +182,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
                 etcd.endpoints.join(",")
             );
         }
+        let cni = a.cni.clone();
         let fc = fabric::FabricConfig {
             node,
             underlay_interface,
@@ -199,8 +201,33 @@ pub fn run(a: AgentArgs) -> Result<()> {
             release_on_exit: a.release_on_exit,
         };
         let mut src = fabric::Fabric::new(fc, EtcdSubnets::new(etcd));
-        agent::run(&lc, &mut src, &mut dp, shutdown_signal()).await
+        agent::run(&lc, &mut src, &mut dp, shutdown_signal()).await?;
+        cni.remove()
     })
+}
+
+/// Writes the conflist the first time the agent is ready (no runtime sees
+/// a configuration before it can work), retrying a failed write.
+fn write_conflist_when_ready(
+    cni: super::install::CniConfArgs,
+    run_dir: PathBuf,
+    observed: netfab::serve::observed::Shared,
+) {
+    if cni.cni_conf_dir.is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            let ready = observed.lock().expect("observed state poisoned").ready();
+            if ready.is_ok() {
+                match cni.write(&run_dir) {
+                    Ok(()) => return,
+                    Err(e) => warn!("writing the CNI conflist: {e:#}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
 }
 
 pub fn show_status(run_dir: PathBuf, file: Option<PathBuf>, json: bool) -> Result<()> {

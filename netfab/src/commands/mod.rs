@@ -1,5 +1,6 @@
 //! One file per subcommand; arguments shared between them live here.
 pub mod agent;
+pub mod install;
 pub mod ipam;
 pub mod network;
 
