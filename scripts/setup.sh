@@ -12,7 +12,7 @@ APT_PKGS=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev bpftool
           iproute2 iputils-ping iperf3 tcpdump etcd-server etcd-client iptables nftables
           protobuf-compiler libprotobuf-dev librsvg2-bin ca-certificates pkg-config
           python3-scapy golang-go golang-github-appc-cni-dev containernetworking-plugins
-          prometheus)
+          prometheus python3-venv)
 BPF_LINKER_VERSION=0.13.0
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -52,6 +52,16 @@ if [[ $have_linker != *"$BPF_LINKER_VERSION"* ]]; then
     --no-default-features --features llvm-22 -q
 else
   log "bpf-linker present: $have_linker"
+fi
+
+# kubernetes-validate (PyPI) checks deploy/ against Kubernetes' own schemas.
+VENV=/opt/netfab-venv
+if [[ ! -x $VENV/bin/kubernetes-validate ]]; then
+  log "installing kubernetes-validate into $VENV"
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q kubernetes-validate
+else
+  log "kubernetes-validate present"
 fi
 
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
