@@ -82,7 +82,7 @@ fn every_manifest_passes_kubernetes_strict_schemas() {
     let bad = std::env::temp_dir().join(format!("netfab-bad-ds-{}.yaml", std::process::id()));
     let ds = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).unwrap();
     std::fs::write(&bad, ds.replace("hostNetwork: true", "hostNetwrok: true")).unwrap();
-    let (ok, text) = validate(&[bad.clone()], Some(KUBE_VERSION));
+    let (ok, text) = validate(std::slice::from_ref(&bad), Some(KUBE_VERSION));
     std::fs::remove_file(&bad).unwrap();
     assert!(!ok, "a misspelt field passed:\n{text}");
 }
