@@ -76,21 +76,28 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
     let dir = state_dir(&topo.name);
     std::fs::create_dir_all(crate::host_dir(&topo.name, h))?;
     let mut cmd;
-    if topo.no_bpf_hosts.contains(&h) {
-        // eBPF really unavailable: no CAP_BPF, no CAP_SYS_ADMIN. setns needs
-        // CAP_SYS_ADMIN, so `ip netns exec` enters the namespace first.
-        cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &topo.host_ns(h),
-            "setpriv",
-            "--bounding-set",
-            "-bpf,-sys_admin,-perfmon",
-            "--",
-        ])
-        .arg(netfab_binary()?)
-        .arg("agent");
+    // Without some capabilities, nsenter enters the network namespace first
+    // (setns needs CAP_SYS_ADMIN; unlike `ip netns exec` it leaves the mounts
+    // alone, so bpffs stays at /sys/fs/bpf as a hostPath mount would) and
+    // setpriv narrows the bounding set: a root process then holds exactly
+    // what is left, as in a container.
+    let bounding = match &topo.agent_caps {
+        Some(caps) => Some(format!(
+            "-all{}",
+            caps.iter()
+                .map(|c| format!(",+{}", c.to_lowercase()))
+                .collect::<String>()
+        )),
+        // eBPF really unavailable: no CAP_BPF, no CAP_SYS_ADMIN.
+        None if topo.no_bpf_hosts.contains(&h) => Some("-bpf,-sys_admin,-perfmon".into()),
+        None => None,
+    };
+    if let Some(bounding) = bounding {
+        cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", topo.host_ns(h)));
+        cmd.args(["setpriv", "--bounding-set", &bounding, "--"])
+            .arg(netfab_binary()?)
+            .arg("agent");
     } else {
         cmd = Command::new(netfab_binary()?);
         cmd.arg("agent").args(["--netns", &topo.host_ns(h)]);

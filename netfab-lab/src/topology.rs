@@ -100,6 +100,10 @@ pub struct Topology {
     /// really unavailable to it.
     #[serde(default)]
     pub no_bpf_hosts: Vec<u32>,
+    /// Run every agent with exactly these capabilities (names as in a pod's
+    /// `securityContext`, say `NET_ADMIN`), as a container runtime would.
+    #[serde(default)]
+    pub agent_caps: Option<Vec<String>>,
     /// Direct routing between hosts on one segment (per network).
     #[serde(default = "yes")]
     pub direct_routing: bool,
@@ -157,6 +161,7 @@ impl Topology {
             segments: 1,
             dataplane: Choice::Auto,
             no_bpf_hosts: Vec::new(),
+            agent_caps: None,
             direct_routing: true,
             container_mtu: CONTAINER_MTU,
             subnets: Vec::new(),

@@ -28,14 +28,15 @@
 //!   the containers' bandwidth limits.
 //! - [`stats`]: counters from the pinned maps; [`serve`]: the agent's
 //!   `/healthz`, `/readyz` and `/metrics`.
-//! - [`netlink`], [`netns`], [`addr`], [`network`], [`lease`]: plumbing and
-//!   the cluster's value types.
+//! - [`netlink`], [`netns`], [`addr`], [`network`], [`lease`], [`caps`]:
+//!   plumbing and the cluster's value types.
 //!
 //! The lab and the bench are a crate of their own (`netfab-lab`) that
 //! drives this one through its binaries and files.
 pub mod addr;
 pub mod agent;
 pub mod bandwidth;
+pub mod caps;
 pub mod cni;
 pub mod dataplane;
 pub mod ipam;

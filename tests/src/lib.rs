@@ -9,6 +9,7 @@ pub mod frames;
 pub mod guards;
 pub mod http;
 pub mod libcni;
+pub mod manifests;
 pub mod pcap;
 pub mod sockets;
 pub mod traffic;

@@ -7,17 +7,12 @@ use std::{
     process::Command,
 };
 
-use serde_json::Value;
+use netfab_tests::manifests::{deploy_dir, load};
 
 const VALIDATE: &str = "/opt/netfab-venv/bin/kubernetes-validate";
-const PYTHON: &str = "/opt/netfab-venv/bin/python";
 /// The oldest Kubernetes the manifests must pass (the tool's newest is
 /// checked too).
 const KUBE_VERSION: &str = "1.33.0";
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
 
 fn manifests() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
@@ -46,24 +41,6 @@ fn validate(files: &[PathBuf], version: Option<&str>) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success() && !text.contains("ERROR"), text)
-}
-
-/// A YAML file as JSON (PyYAML comes with kubernetes-validate).
-fn load(path: &Path) -> Value {
-    let out = Command::new(PYTHON)
-        .args([
-            "-c",
-            "import sys, json, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

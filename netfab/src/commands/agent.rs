@@ -121,6 +121,14 @@ pub fn run(a: AgentArgs) -> Result<()> {
     let endpoints_file = a.endpoints_file.clone().unwrap_or_else(|| rd.endpoints());
     let lease_file = a.lease_file.clone().unwrap_or_else(|| rd.leases());
     let status_file = a.status_file.clone().unwrap_or_else(|| rd.status());
+    // Every dataplane programs the host through netlink and iptables.
+    let lacking = netfab::caps::missing(&[netfab::caps::NET_ADMIN]);
+    if !lacking.is_empty() {
+        bail!(
+            "the agent is missing {}: grant it (the DaemonSet lists it)",
+            netfab::caps::describe(&lacking)
+        );
+    }
     // One agent per node: two would fight over the same maps and leases.
     let _lock = netfab::rundir::lock_agent(&rd, &node)?;
     runtime()?.block_on(async move {
@@ -135,7 +143,13 @@ pub fn run(a: AgentArgs) -> Result<()> {
         };
         let (underlay, underlay_net) = nl.underlay(&underlay_interface).await?;
         let sel =
-            select::select(a.dataplane, object::locate(a.bpf_object.as_deref()), &pins).await?;
+            select::select(
+                a.dataplane,
+                object::locate(a.bpf_object.as_deref()),
+                &pins,
+                &a.host.vxlan_device,
+            )
+            .await?;
         let mut dp = sel.dataplane;
         // Without VXLAN (host-gw) a container can use the whole underlay MTU.
         let container_mtu = underlay.mtu.saturating_sub(dp.kind().encap_overhead());

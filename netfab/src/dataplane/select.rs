@@ -73,6 +73,10 @@ fn probe_bpf_syscall() -> Result<()> {
 }
 
 async fn ebpf(object: Result<PathBuf>, pin_dir: &Path) -> Result<EbpfDataplane> {
+    let lacking = crate::caps::missing_for_ebpf();
+    if !lacking.is_empty() {
+        anyhow::bail!("missing {}", crate::caps::describe(&lacking));
+    }
     probe_bpf_syscall()?;
     let object = object?;
     let mut dp = EbpfDataplane::load(&object, pin_dir)?;
@@ -80,7 +84,12 @@ async fn ebpf(object: Result<PathBuf>, pin_dir: &Path) -> Result<EbpfDataplane> 
     Ok(dp)
 }
 
-pub async fn select(choice: Choice, object: Result<PathBuf>, pin_dir: &Path) -> Result<Selected> {
+pub async fn select(
+    choice: Choice,
+    object: Result<PathBuf>,
+    pin_dir: &Path,
+    vxlan_device: &str,
+) -> Result<Selected> {
     let sel = match choice {
         Choice::Ebpf => Selected {
             dataplane: AnyDataplane::Ebpf(Box::new(
@@ -113,6 +122,47 @@ pub async fn select(choice: Choice, object: Result<PathBuf>, pin_dir: &Path) -> 
             reason: "requested (--dataplane host-gw)".into(),
         },
     };
+    if sel.dataplane.kind() == super::kind::DataplaneKind::Ebpf {
+        clear_kernel_vxlan().await?;
+    } else {
+        clear_ebpf(pin_dir, vxlan_device).await?;
+    }
     info!("dataplane {}: {}", sel.dataplane.name(), sel.reason);
     Ok(sel)
+}
+
+/// The kernel VXLAN fallback's devices (one per VNI) hold the tunnel port
+/// the eBPF dataplane's device needs: a host that gained eBPF (CAP_BPF
+/// granted, a newer kernel) removes them first.
+async fn clear_kernel_vxlan() -> Result<()> {
+    let nl = crate::netlink::Netlink::connect()?;
+    for name in nl.links().await?.into_keys() {
+        if name.starts_with(super::vxlan::DEVICE_PREFIX) {
+            warn!("removing the kernel VXLAN dataplane's device {name}");
+            nl.delete(&name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// What an eBPF agent left here (pinned programs still attached, its
+/// collect-metadata VXLAN device holding the tunnel port) would steal
+/// packets from another dataplane and keep its VXLAN device from binding:
+/// a host that falls back (an upgrade that lost CAP_BPF, a kernel without
+/// TCX) removes it first.
+async fn clear_ebpf(pin_dir: &Path, vxlan_device: &str) -> Result<()> {
+    if pin_dir.exists() {
+        warn!(
+            "removing the eBPF dataplane's pins in {} (its programs detach with them)",
+            pin_dir.display()
+        );
+        std::fs::remove_dir_all(pin_dir)
+            .with_context(|| format!("removing {}", pin_dir.display()))?;
+    }
+    let nl = crate::netlink::Netlink::connect()?;
+    if nl.link(vxlan_device).await?.is_some() {
+        warn!("removing the eBPF dataplane's VXLAN device {vxlan_device}");
+        nl.delete(vxlan_device).await?;
+    }
+    Ok(())
 }
