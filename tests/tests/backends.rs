@@ -274,7 +274,7 @@ fn mixed_cluster_with_ebpf_really_unavailable_on_one_host() {
     );
     assert_eq!(s1.dataplane, "ebpf");
     assert_eq!(s2.dataplane, "vxlan");
-    assert!(s2.reason.contains("bpf(2) refused"), "{}", s2.reason);
+    assert!(s2.reason.contains("missing CAP_BPF"), "{}", s2.reason);
     let shown = Command::new(lab::netfab_binary().unwrap())
         .arg("status")
         .arg("--run-dir")
