@@ -12,7 +12,7 @@ APT_PKGS=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev bpftool
           iproute2 iputils-ping iperf3 tcpdump etcd-server etcd-client iptables nftables
           protobuf-compiler libprotobuf-dev librsvg2-bin ca-certificates pkg-config
           python3-scapy golang-go golang-github-appc-cni-dev containernetworking-plugins
-          prometheus python3-venv)
+          prometheus python3-venv mmdebstrap umoci)
 BPF_LINKER_VERSION=0.13.0
 
 log() { printf '[setup] %s\n' "$*" >&2; }
