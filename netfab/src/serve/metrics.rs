@@ -4,7 +4,10 @@
 use std::{collections::BTreeMap, fmt::Write};
 
 use super::observed::{Observed, APPLY_BUCKETS};
-use crate::dataplane::ebpf::{maps::Counters, tables::Tables};
+use crate::dataplane::ebpf::{
+    maps::{Counters, TrafficSum},
+    tables::Tables,
+};
 
 /// Entries and capacity per pinned map.
 pub fn occupancy(t: &Tables) -> Vec<(&'static str, usize, u32)> {
@@ -18,6 +21,9 @@ pub fn occupancy(t: &Tables) -> Vec<(&'static str, usize, u32)> {
         ("rate_limits", t.rate_limits.len(), MAX_ENDPOINTS),
     ]
 }
+
+/// One counter of a direction's traffic sum.
+type Pick = fn(&TrafficSum) -> u64;
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -160,29 +166,23 @@ pub fn render(
     m.sample("netfab_apply_duration_seconds_sum", &[], h.sum);
     m.sample("netfab_apply_duration_seconds_count", &[], h.count as f64);
     if let Some(c) = counters {
-        m.family(
-            "netfab_datapath_packets_total",
-            "counter",
-            "Packets the eBPF datapath handled, by direction.",
-        );
-        for (d, s) in &c.traffic {
-            m.sample(
+        let per_direction: [(&str, &str, Pick); 2] = [
+            (
                 "netfab_datapath_packets_total",
-                &[("direction", d)],
-                s.packets as f64,
-            );
-        }
-        m.family(
-            "netfab_datapath_bytes_total",
-            "counter",
-            "Bytes the eBPF datapath handled, by direction.",
-        );
-        for (d, s) in &c.traffic {
-            m.sample(
+                "Packets the eBPF datapath handled, by direction.",
+                |s| s.packets,
+            ),
+            (
                 "netfab_datapath_bytes_total",
-                &[("direction", d)],
-                s.bytes as f64,
-            );
+                "Bytes the eBPF datapath handled, by direction.",
+                |s| s.bytes,
+            ),
+        ];
+        for (name, help, value) in per_direction {
+            m.family(name, "counter", help);
+            for (d, s) in &c.traffic {
+                m.sample(name, &[("direction", d)], value(s) as f64);
+            }
         }
         m.family(
             "netfab_datapath_drops_total",

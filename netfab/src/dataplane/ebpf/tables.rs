@@ -107,25 +107,17 @@ pub fn desired_tables(
         },
         DropReason::TunnelPort as u32,
     );
+    // etcd at its own addresses, and at the gateway addresses this host
+    // holds (etcd running here must not be reachable through them either).
+    let gateways = state
+        .networks
+        .iter()
+        .map(|n| crate::ipam::Ipam::gateway(n.subnet));
     for e in &state.etcd_endpoints {
-        t.guards.insert(
-            GuardKey {
-                daddr: u32::from_ne_bytes(e.ip().octets()),
-                dport: e.port().to_be(),
-                proto: IPPROTO_TCP,
-                _pad: 0,
-            },
-            DropReason::ControlPlane as u32,
-        );
-    }
-    // The host holds each local gateway address: etcd running here must not
-    // be reachable through it either.
-    for n in &state.networks {
-        let gw = crate::ipam::Ipam::gateway(n.subnet);
-        for e in &state.etcd_endpoints {
+        for ip in std::iter::once(*e.ip()).chain(gateways.clone()) {
             t.guards.insert(
                 GuardKey {
-                    daddr: u32::from_ne_bytes(gw.octets()),
+                    daddr: u32::from_ne_bytes(ip.octets()),
                     dport: e.port().to_be(),
                     proto: IPPROTO_TCP,
                     _pad: 0,
