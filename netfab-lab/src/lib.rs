@@ -95,7 +95,13 @@ fn build(mut topo: Topology, bpf_object: Option<&Path>) -> Result<Topology> {
             tls::generate(&procs::tls_dir(&topo))?;
         }
         procs::start_etcd(&topo)?;
-        for n in 1..=topo.networks {
+        // External agents come with their own cluster's networks.
+        let networks = if topo.external_agents {
+            0
+        } else {
+            topo.networks
+        };
+        for n in 1..=networks {
             let c = topo.network_config(n);
             let args = [
                 "network",
@@ -121,6 +127,10 @@ fn build(mut topo: Topology, bpf_object: Option<&Path>) -> Result<Topology> {
             topo.host_ip(h)
         ));
         wiring::host(&topo, h)?;
+    }
+    if topo.external_agents {
+        say("hosts wired; agents are run by the caller");
+        return Ok(topo);
     }
     match topo.control {
         Control::Static => {

@@ -104,6 +104,10 @@ pub struct Topology {
     /// `securityContext`, say `NET_ADMIN`), as a container runtime would.
     #[serde(default)]
     pub agent_caps: Option<Vec<String>>,
+    /// The lab wires hosts and etcd only: networks, agents and containers
+    /// are the caller's (a test acting as operator and kubelet).
+    #[serde(default)]
+    pub external_agents: bool,
     /// Direct routing between hosts on one segment (per network).
     #[serde(default = "yes")]
     pub direct_routing: bool,
@@ -162,6 +166,7 @@ impl Topology {
             dataplane: Choice::Auto,
             no_bpf_hosts: Vec::new(),
             agent_caps: None,
+            external_agents: false,
             direct_routing: true,
             container_mtu: CONTAINER_MTU,
             subnets: Vec::new(),

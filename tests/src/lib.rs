@@ -8,6 +8,8 @@ pub mod capture;
 pub mod frames;
 pub mod guards;
 pub mod http;
+pub mod image;
+pub mod kubelet;
 pub mod libcni;
 pub mod manifests;
 pub mod pcap;

@@ -120,15 +120,27 @@ impl ConfList {
         capability_args: Option<&Value>,
     ) -> Result<Value, Value> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &topo.host_ns(h)])
-            .arg(client())
-            .args([verb, self.path.to_str().expect("utf-8 path"), container])
+        cmd.args(["netns", "exec", &topo.host_ns(h)]).arg(client());
+        let cni_path = format!("{}:{UPSTREAM_PLUGINS}", netfab_dir.display());
+        self.call(cmd, &cni_path, verb, container, ifname, capability_args)
+    }
+
+    /// One libcni call through `client`, a command that runs [`client()`]
+    /// wherever the runtime runs (say, on a kubelet-played node), with
+    /// plugins found on `cni_path`.
+    pub fn call(
+        &self,
+        mut cmd: Command,
+        cni_path: &str,
+        verb: &str,
+        container: &str,
+        ifname: &str,
+        capability_args: Option<&Value>,
+    ) -> Result<Value, Value> {
+        cmd.args([verb, self.path.to_str().expect("utf-8 path"), container])
             .arg(format!("/run/netns/{container}"))
             .arg(ifname)
-            .env(
-                "CNI_PATH",
-                format!("{}:{UPSTREAM_PLUGINS}", netfab_dir.display()),
-            )
+            .env("CNI_PATH", cni_path)
             .env("NETFAB_CNI_CACHE", &self.cache);
         if let Some(c) = capability_args {
             cmd.arg(c.to_string());

@@ -31,10 +31,6 @@ pub struct AgentArgs {
     /// `runDir`): endpoints.json, leases.json, status.json, agent.lock.
     #[arg(long, env = "NETFAB_RUN_DIR", default_value = netfab::rundir::DEFAULT)]
     run_dir: PathBuf,
-    /// This host's name in the cluster [default: netns name, else hostname]
-    /// (Kubernetes: `NODE_NAME` from `spec.nodeName`).
-    #[arg(long, env = "NODE_NAME")]
-    node: Option<String>,
     /// The interface whose IPv4 address is this host's tunnel endpoint
     /// [default: the one holding --node-ip, else the default route's].
     #[arg(long, env = "NETFAB_UNDERLAY_INTERFACE")]
@@ -101,7 +97,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
     if let Some(ns) = &a.host.netns {
         netns::enter(ns)?;
     }
-    let node = node_name(a.node.as_deref(), a.host.netns.as_deref());
+    let node = node_name(&a.host);
     let pins = pin_dir(&a.host, &node);
     if !(a.resync_secs.is_finite() && a.resync_secs >= 0.05) {
         bail!("--resync-secs must be at least 0.05");
@@ -263,13 +259,13 @@ pub fn cleanup(h: HostArgs) -> Result<()> {
     if let Some(ns) = &h.netns {
         netns::enter(ns)?;
     }
-    let node = node_name(None, h.netns.as_deref());
+    let node = node_name(&h);
     let dir = pin_dir(&h, &node);
     runtime()?.block_on(netfab::dataplane::cleanup::cleanup(&dir, &h.vxlan_device))
 }
 
 pub fn show_stats(h: HostArgs, json: bool) -> Result<()> {
-    let node = node_name(None, h.netns.as_deref());
+    let node = node_name(&h);
     let c = stats::read(&pin_dir(&h, &node))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&c)?);

@@ -16,6 +16,11 @@ use netfab::{
 
 #[derive(Args, Clone)]
 pub struct HostArgs {
+    /// This host's name in the cluster [default: netns name, else hostname]
+    /// (Kubernetes: `NODE_NAME` from `spec.nodeName`; it names the pin
+    /// directory, so `netfab stats` in the pod finds the agent's maps).
+    #[arg(long, env = "NODE_NAME")]
+    pub node: Option<String>,
     /// Network namespace (as in `ip netns`) to act in.
     #[arg(long)]
     pub netns: Option<String>,
@@ -99,9 +104,10 @@ pub fn hostname() -> String {
 }
 
 /// The node name: explicit, else the namespace name, else the hostname.
-pub fn node_name(explicit: Option<&str>, netns: Option<&str>) -> String {
-    explicit
-        .or(netns)
+pub fn node_name(h: &HostArgs) -> String {
+    h.node
+        .as_deref()
+        .or(h.netns.as_deref())
         .map(str::to_string)
         .unwrap_or_else(hostname)
 }

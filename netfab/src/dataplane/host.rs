@@ -37,7 +37,14 @@ fn ensure_forwarding() -> Result<()> {
     {
         return Ok(());
     }
-    std::fs::write(p, "1").map_err(|e| anyhow::anyhow!("enabling IP forwarding: {e}"))
+    // In a non-privileged pod /proc/sys is read-only: the node must have
+    // forwarding on already, as Kubernetes requires of every node.
+    std::fs::write(p, "1").map_err(|e| {
+        anyhow::anyhow!(
+            "IP forwarding is off and enabling it failed ({e}): \
+             set net.ipv4.ip_forward=1 on the node"
+        )
+    })
 }
 
 /// The host's own packets to a remote subnet leave from this host's gateway
