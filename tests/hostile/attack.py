@@ -108,6 +108,28 @@ def tcp(host, port, use_tls):
     print("connected", flush=True)
 
 
+def serve(secs, ports):
+    """Accepts TCP on every address at each port until secs pass: a service
+    of the host itself (say, a co-located etcd)."""
+    socks = []
+    for port in ports:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen()
+        s.setblocking(False)
+        socks.append(s)
+    print("ready", flush=True)
+    end = time.time() + secs
+    while time.time() < end:
+        for s in socks:
+            try:
+                s.accept()[0].close()
+            except BlockingIOError:
+                pass
+        time.sleep(0.01)
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     split = lambda a: [x for x in a.split(",") if x]
@@ -120,6 +142,8 @@ def main():
         l2(args[0], args[1], split(args[2]))
     elif cmd == "spoof":
         spoof(split(args[0]))
+    elif cmd == "serve":
+        serve(float(args[0]), [int(p) for p in split(args[1])])
     elif cmd == "tcp":
         tcp(args[0], int(args[1]), args[2] == "tls")
     else:

@@ -1,6 +1,7 @@
 //! A hostile tenant on every backend. A container with raw sockets sends
 //! VXLAN to every host's tunnel port (every VNI, forged inner sources),
-//! forges its own source address, and dials etcd with and without TLS; a
+//! forges its own source address, and dials etcd with and without TLS,
+//! and etcd's port on its own host (every address, the gateway's too); a
 //! known host (a compromised node) injects VXLAN with inner sources that are
 //! not its own, and plain IP from outside its subnets. Nothing may arrive in
 //! another container, etcd must stay out of reach, and each attempt must be
@@ -39,24 +40,29 @@ fn attack(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// attack.py `args` in `ns`, started and waited on until it says "ready".
+fn spawn_ready(ns: &str, args: &[&str]) -> Child {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "/usr/bin/python3"])
+        .arg(script())
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting attack.py");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "attack.py {args:?} in {ns}");
+    child
+}
+
 /// Counts MARKER frames arriving in a namespace until `finish`.
 struct Listener(Child, String);
 
 impl Listener {
     fn start(ns: &str, secs: u32) -> Self {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "/usr/bin/python3"])
-            .arg(script())
-            .args(["listen", &secs.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting listener");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "listener in {ns}");
-        Self(child, ns.into())
+        Self(spawn_ready(ns, &["listen", &secs.to_string()]), ns.into())
     }
 
     fn finish(self) -> (String, u32) {
@@ -68,6 +74,16 @@ impl Listener {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("listener output: {text}"));
         (self.1, n)
+    }
+}
+
+/// TCP services of a host itself, stopped on drop.
+struct HostService(Child);
+
+impl Drop for HostService {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -151,6 +167,21 @@ fn hostile(b: Choice, short: &str) {
             r.starts_with("refused"),
             "etcd reachable from a container ({mode}): {r}"
         );
+    }
+    // 3b. etcd on the attacker's own host (a control-plane node): etcd's
+    // port refuses a container at every address of the host, the gateway
+    // it routes through included; another port of the host answers (the
+    // control: the refusal is the guard's, not the path's).
+    let _service = HostService(spawn_ready(&t.host_ns(1), &["serve", "60", "2379,8080"]));
+    let gateway = t.gateway(1, t.container_network(1)).to_string();
+    for dst in [gateway, t.host_ip(1).to_string()] {
+        let r = attack(&attacker, &["tcp", &dst, "2379", "plain"]);
+        assert!(
+            r.starts_with("refused"),
+            "{b:?}: etcd's port on the host reachable at {dst}: {r}"
+        );
+        let r = attack(&attacker, &["tcp", &dst, "8080", "plain"]);
+        assert_eq!(r, "connected", "{b:?}: control: the host at {dst}:8080");
     }
     // 4. A known host (host 2) speaking for others: VXLAN whose inner
     // source is outside its subnets, and plain IP from outside its subnets.
