@@ -14,6 +14,7 @@ pub mod cni;
 pub mod demo;
 pub mod procs;
 pub mod rr;
+pub mod scale;
 pub mod sh;
 pub mod tls;
 pub mod topology;

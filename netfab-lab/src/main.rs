@@ -88,6 +88,12 @@ impl LabShape {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchPart {
+    Datapath,
+    Scale,
+}
+
 #[derive(Subcommand)]
 enum LabCmd {
     /// Build the namespaces, start etcd and one agent per host, wire containers.
@@ -109,8 +115,19 @@ enum LabCmd {
         iperf_secs: u32,
     },
     /// Measure every path side by side in one run: raw underlay, eBPF with
-    /// VXLAN, eBPF direct, kernel VXLAN, host-gw (labs built and removed).
+    /// VXLAN, eBPF direct, kernel VXLAN, host-gw (labs built and removed);
+    /// and the control plane with thousands of simulated hosts.
     Bench {
+        /// What to measure: `datapath` (iperf3 and request/response over
+        /// every path), `scale` (one agent, N simulated hosts in etcd).
+        #[arg(long, value_delimiter = ',', default_value = "datapath,scale")]
+        what: Vec<BenchPart>,
+        /// Simulated host counts for the scale bench.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+        scale_hosts: Vec<u32>,
+        /// Seconds the idle agent is watched at each scale size.
+        #[arg(long, default_value_t = 60)]
+        idle_secs: u32,
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
         secs: u32,
@@ -166,12 +183,24 @@ fn run(cmd: LabCmd) -> Result<()> {
             result.and(down)
         }
         LabCmd::Bench {
+            what,
+            scale_hosts,
+            idle_secs,
             secs,
             rr_secs,
             reps,
             out,
             bpf_object,
-        } => lab::bench::run(bpf_object.as_deref(), secs, rr_secs, reps, &out).map(|_| ()),
+        } => {
+            if what.contains(&BenchPart::Datapath) {
+                lab::bench::run(bpf_object.as_deref(), secs, rr_secs, reps, &out)?;
+            }
+            if what.contains(&BenchPart::Scale) {
+                let idle = std::time::Duration::from_secs(idle_secs.into());
+                lab::scale::run(&scale_hosts, idle, bpf_object.as_deref(), &out)?;
+            }
+            Ok(())
+        }
         LabCmd::RrServe { port } => lab::rr::serve(port),
         LabCmd::Rr { server, secs } => {
             println!(

@@ -151,11 +151,19 @@ impl DesiredState {
             }
             subnets.push(r.subnet);
         }
-        for (i, a) in subnets.iter().enumerate() {
-            for b in &subnets[i + 1..] {
-                if a.contains(b) || b.contains(a) {
+        // CIDR blocks nest or are apart: sorted by start, each block can
+        // only overlap the one reaching furthest before it (a pairwise
+        // check costs 50 million comparisons at 10,000 peers).
+        subnets.sort_by_key(|n| (n.network(), n.prefix_len()));
+        let mut reach: Option<Ipv4Net> = None;
+        for b in subnets {
+            if let Some(a) = reach {
+                if a.contains(&b.network()) {
                     return bad(format!("subnets {a} and {b} overlap"));
                 }
+            }
+            if reach.is_none_or(|a| b.broadcast() > a.broadcast()) {
+                reach = Some(b);
             }
         }
         let mut ips = BTreeSet::new();

@@ -13,6 +13,8 @@ fn bench_measures_every_path_and_writes_table_json_and_chart() {
     let out = Command::new(lab::lab_binary().unwrap())
         .args([
             "bench",
+            "--what",
+            "datapath",
             "--secs",
             "1",
             "--rr-secs",

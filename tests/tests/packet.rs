@@ -65,7 +65,7 @@ impl TestDatapath {
             maps,
             pin_dir,
         };
-        dp.maps.apply(&tables()).unwrap();
+        dp.maps.apply(&tables(), None).unwrap();
         dp
     }
 

@@ -55,7 +55,7 @@ pub struct FabricConfig {
     /// The dataplane this host runs (published in its leases).
     pub dataplane: String,
     pub lease_ttl: i64,
-    /// Full re-list interval.
+    /// Full re-list interval (each one jittered by ±25%).
     pub relist: Duration,
     pub endpoints_file: PathBuf,
     /// Where the leased subnets are written for local consumers (lab, CNI).
@@ -77,6 +77,13 @@ pub struct FabricConfig {
     /// Give the leases up at once on shutdown (a node leaving for good)
     /// instead of letting them run out their TTL (a restart takes them over).
     pub release_on_exit: bool,
+}
+
+/// `d` give or take a quarter, so agents started together drift apart.
+fn jittered(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let r = RandomState::new().hash_one(Instant::now()) % 1000;
+    d.mul_f64(0.75 + r as f64 / 2000.0)
 }
 
 /// Identifies one version of a file: an atomic replace makes a new inode.
@@ -127,7 +134,8 @@ pub struct Fabric<S: SubnetStore> {
     last_view: Judged,
     last_retained: Vec<RetainedLease>,
     next_connect: Instant,
-    last_list: Option<Instant>,
+    /// When the next full re-list is due; `None` while not listed.
+    next_list: Option<Instant>,
     ka_tick: tokio::time::Interval,
     /// When the store last confirmed our lease (session opened or kept
     /// alive).
@@ -163,7 +171,7 @@ impl<S: SubnetStore> Fabric<S> {
             last_view: Judged::default(),
             last_retained: Vec::new(),
             next_connect: Instant::now(),
-            last_list: None,
+            next_list: None,
             ka_tick: tokio::time::interval(ka_every),
             lease_renewed: None,
             local,
@@ -193,7 +201,7 @@ impl<S: SubnetStore> Fabric<S> {
             );
         }
         self.store.close();
-        self.last_list = None;
+        self.next_list = None;
     }
 
     async fn load_endpoints(&mut self) -> bool {
@@ -251,7 +259,7 @@ impl<S: SubnetStore> Fabric<S> {
         let listing = self.store.list().await?;
         let (snap, bad) = listing.snapshot(&self.store, self.snap.as_ref());
         self.store.watch(snap.revision + 1).await?;
-        self.last_list = Some(Instant::now());
+        self.next_list = Some(Instant::now() + jittered(self.cfg.relist));
         self.snap = Some(snap);
         self.set_bad(&bad);
         let held: Vec<(String, Held)> = self.held.iter().map(|(n, h)| (n.clone(), *h)).collect();
@@ -450,6 +458,12 @@ impl<S: SubnetStore> Fabric<S> {
             }
             // A keep-alive answer: nothing changed, nothing to acquire.
             StoreEvent::Changes(events) if events.is_empty() => return false,
+            StoreEvent::Progress(rev) => {
+                if let Some(s) = self.snap.as_mut() {
+                    s.revision = s.revision.max(rev);
+                }
+                return false;
+            }
             StoreEvent::Changes(events) => events,
         };
         let (changed, repairs) = self.on_events(&events);
@@ -543,9 +557,7 @@ impl<S: SubnetStore> Source for Fabric<S> {
                 }
             }
         }
-        let due = self
-            .last_list
-            .is_some_and(|t| t.elapsed() >= self.cfg.relist);
+        let due = self.next_list.is_some_and(|t| Instant::now() >= t);
         if self.store.is_open() && due {
             if let Err(e) = self.relist().await {
                 self.lost(&format!("{e:#}"));
@@ -561,7 +573,19 @@ impl<S: SubnetStore> Source for Fabric<S> {
 
     async fn wait(&mut self) -> bool {
         tokio::select! {
-            ev = self.store.next_event() => self.on_store_event(ev).await,
+            ev = self.store.next_event() => {
+                let mut changed = self.on_store_event(ev).await;
+                // Whatever else has already arrived is taken in too, so a
+                // burst of watch responses costs one apply, not one each.
+                while self.store.is_open() {
+                    use futures::FutureExt;
+                    match self.store.next_event().now_or_never() {
+                        Some(ev) => changed |= self.on_store_event(ev).await,
+                        None => break,
+                    }
+                }
+                changed
+            }
             _ = self.ka_tick.tick() => {
                 if self.store.is_open() {
                     if let Err(e) = self.store.keep_alive().await {

@@ -37,8 +37,15 @@ impl Grace {
                 }
                 // A live lease replaces what we kept for its subnet (every
                 // served lease of a network has the network's prefix length,
-                // so an overlapping subnet is the same key).
-                self.seen.insert((net.clone(), *sn), (l.clone(), None));
+                // so an overlapping subnet is the same key). Unchanged ones
+                // are left alone: this runs at every event, over every peer.
+                let key = (net.clone(), *sn);
+                match self.seen.get_mut(&key) {
+                    Some((kept, gone)) if kept == l => *gone = None,
+                    _ => {
+                        self.seen.insert(key, (l.clone(), None));
+                    }
+                }
             }
         }
         for ((n, s), (_, gone)) in self.seen.iter_mut() {

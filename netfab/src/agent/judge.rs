@@ -126,12 +126,6 @@ pub fn judge(snap: &Snapshot, names: &dyn Naming, ctx: &Context) -> Judged {
         rejected,
         ..Default::default()
     };
-    let created = |net: &str, sn: Ipv4Net| {
-        snap.created
-            .get(&(net.to_string(), sn))
-            .copied()
-            .unwrap_or(i64::MAX)
-    };
     // Only networks served here: a refused network (say, one written over
     // the underlay) must not get every lease refused with it.
     let cidrs: Vec<Ipv4Net> = out.networks.values().map(|n| n.cidr).collect();
@@ -139,19 +133,35 @@ pub fn judge(snap: &Snapshot, names: &dyn Naming, ctx: &Context) -> Judged {
         let Some(net) = out.networks.get(name) else {
             continue;
         };
+        // Creation revisions of this network's leases, looked up once.
+        let lo = (name.clone(), Ipv4Net::default());
+        let hi = (
+            name.clone(),
+            Ipv4Net::new(Ipv4Addr::BROADCAST, 32).expect("/32"),
+        );
+        let revs: std::collections::HashMap<Ipv4Net, i64> = snap
+            .created
+            .range(lo..=hi)
+            .map(|((_, sn), rev)| (*sn, *rev))
+            .collect();
+        let created = |sn: &Ipv4Net| revs.get(sn).copied().unwrap_or(i64::MAX);
         let mut order: Vec<(&Ipv4Net, &SubnetLease)> = leases.iter().collect();
-        order.sort_by_key(|(sn, _)| (created(name, **sn), **sn));
+        order.sort_by_key(|(sn, _)| (created(sn), **sn));
         let accepted = out.leases.entry(name.clone()).or_default();
+        // Accepted subnets all have the network's length, so two overlap
+        // exactly when their network parts are equal: a lookup, not a scan
+        // (a scan makes 10,000 leases cost 50 million comparisons).
+        let mut taken: BTreeMap<Ipv4Net, Ipv4Net> = BTreeMap::new();
         for (sn, l) in order {
             let reason = if !net.cidr.contains(sn) || sn.prefix_len() != net.subnet_len {
                 Some(format!(
                     "subnet {sn} is not a /{} of network {name}'s {}",
                     net.subnet_len, net.cidr
                 ))
-            } else if let Some((o, ol)) = accepted.iter().find(|(o, _)| overlaps(o, sn)) {
+            } else if let Some(o) = taken.get(&sn.trunc()) {
                 Some(format!(
                     "subnet {sn} overlaps the older lease {o} of node {}",
-                    ol.node
+                    accepted[o].node
                 ))
             } else {
                 unusable_underlay(l.underlay_ip, &cidrs, ctx)
@@ -165,6 +175,7 @@ pub fn judge(snap: &Snapshot, names: &dyn Naming, ctx: &Context) -> Judged {
                     reason: format!("lease of node {} refused: {r}", l.node),
                 }),
                 None => {
+                    taken.insert(sn.trunc(), *sn);
                     accepted.insert(*sn, l.clone());
                 }
             }

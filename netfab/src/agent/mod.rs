@@ -36,7 +36,7 @@ use ipnet::Ipv4Net;
 use log::{error, info, warn};
 
 use crate::{
-    dataplane::{ApplyReport, Dataplane},
+    dataplane::{self, ApplyMode, ApplyReport, Dataplane},
     state::DesiredState,
     store::Snapshot,
 };
@@ -99,29 +99,47 @@ pub async fn run<S: Source, D: Dataplane>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     tokio::pin!(shutdown);
-    let mut last_apply: Option<Instant> = None;
+    // The last repair (a full apply that reads the kernel back).
+    let mut last_repair: Option<Instant> = None;
     let mut dirty = true;
     let mut applies = 0u64;
+    let mut reports = Reports::default();
     loop {
+        if let Some((state, r)) = reports.due() {
+            reports.write(cfg, dp.name(), source, &state, &r, applies);
+        }
         dirty |= source.refresh().await;
-        let due = last_apply.is_none_or(|t| t.elapsed() >= cfg.resync);
+        let due = last_repair.is_none_or(|t| t.elapsed() >= cfg.resync);
         if dirty || due {
+            let t0 = Instant::now();
             if let Some(state) = source.desired() {
+                log::debug!("timing: desired {:?}", t0.elapsed());
                 match state.validate() {
                     Err(e) => error!("computed state is inconsistent, not applied: {e}"),
                     Ok(()) => {
                         applies += 1;
                         let started = Instant::now();
-                        let applied = dp.apply(&state).await;
+                        // Events write their own difference; the resync
+                        // reads the kernel back and repairs drift.
+                        let mode = if due {
+                            ApplyMode::Repair
+                        } else {
+                            ApplyMode::Changes
+                        };
+                        let applied = dp.apply(&state, mode).await;
                         let took = started.elapsed().as_secs_f64();
+                        log::debug!("timing: apply {:?}", started.elapsed());
                         match applied {
                             Ok(r) => {
                                 log_report(&state, &r);
-                                let st = report_status(cfg, dp.name(), source, &state, &r, applies);
-                                observe(cfg, |o| {
-                                    o.apply_seconds.observe(took);
-                                    o.status = Some(st);
-                                });
+                                observe(cfg, |o| o.apply_seconds.observe(took));
+                                if reports.urgent(&r) {
+                                    let t1 = Instant::now();
+                                    reports.write(cfg, dp.name(), source, &state, &r, applies);
+                                    log::debug!("timing: status {:?}", t1.elapsed());
+                                } else {
+                                    reports.pending = Some((state, r));
+                                }
                             }
                             Err(e) => {
                                 error!("apply failed: {e:#}");
@@ -131,7 +149,9 @@ pub async fn run<S: Source, D: Dataplane>(
                     }
                 }
                 source.applied();
-                last_apply = Some(Instant::now());
+                if due {
+                    last_repair = Some(Instant::now());
+                }
                 dirty = false;
             }
         }
@@ -151,7 +171,70 @@ pub async fn run<S: Source, D: Dataplane>(
                 return Ok(());
             }
             changed = source.wait() => dirty |= changed,
+            _ = reports.pending_deadline() => {}
         }
+    }
+}
+
+/// The status report (file and metrics) is rebuilt at most once a second:
+/// at 10,000 peers one costs tens of milliseconds, and a burst of events
+/// would pay it each time. What the CNI plugin waits for (which local
+/// containers are programmed) and what it reports (skipped items) go out
+/// at once.
+#[derive(Default)]
+struct Reports {
+    last: Option<LastReport>,
+    pending: Option<(DesiredState, ApplyReport)>,
+}
+
+struct LastReport {
+    at: Instant,
+    programmed: Vec<(std::net::Ipv4Addr, u32)>,
+    skipped: Vec<dataplane::Skip>,
+}
+
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+impl Reports {
+    fn urgent(&self, r: &ApplyReport) -> bool {
+        self.last.as_ref().is_none_or(|l| {
+            l.at.elapsed() >= STATUS_EVERY
+                || l.programmed != r.programmed_endpoints
+                || l.skipped != r.skipped
+        })
+    }
+
+    fn due(&mut self) -> Option<(DesiredState, ApplyReport)> {
+        let at = self.last.as_ref()?.at;
+        (at.elapsed() >= STATUS_EVERY)
+            .then(|| self.pending.take())
+            .flatten()
+    }
+
+    async fn pending_deadline(&self) {
+        match (&self.pending, &self.last) {
+            (Some(_), Some(l)) => tokio::time::sleep_until((l.at + STATUS_EVERY).into()).await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    fn write<S: Source>(
+        &mut self,
+        cfg: &LoopConfig,
+        dataplane: &str,
+        source: &S,
+        state: &DesiredState,
+        r: &ApplyReport,
+        applies: u64,
+    ) {
+        let st = report_status(cfg, dataplane, source, state, r, applies);
+        observe(cfg, |o| o.status = Some(st));
+        self.last = Some(LastReport {
+            at: Instant::now(),
+            programmed: r.programmed_endpoints.clone(),
+            skipped: r.skipped.clone(),
+        });
+        self.pending = None;
     }
 }
 

@@ -16,7 +16,11 @@ use crate::{
 struct Recorder(mpsc::UnboundedSender<DesiredState>);
 
 impl Dataplane for Recorder {
-    async fn apply(&mut self, state: &DesiredState) -> anyhow::Result<ApplyReport> {
+    async fn apply(
+        &mut self,
+        state: &DesiredState,
+        _mode: crate::dataplane::ApplyMode,
+    ) -> anyhow::Result<ApplyReport> {
         let _ = self.0.send(state.clone());
         Ok(ApplyReport::default())
     }
@@ -181,14 +185,22 @@ async fn lease_events_reach_the_dataplane_as_deltas() {
             "10.244.7.0/24".parse().unwrap(),
             "100.64.0.7".parse().unwrap()
         )));
-        let st: status::Status =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).unwrap())
-                .unwrap();
-        assert!(
-            st.rejected.iter().any(|r| r.key.ends_with("10.244.7.0-24")),
-            "{:?}",
-            st.rejected
-        );
+        // The report follows within a second (reports are coalesced).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let st: status::Status =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).unwrap())
+                    .unwrap();
+            if st.rejected.iter().any(|r| r.key.ends_with("10.244.7.0-24")) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not reported: {:?}",
+                st.rejected
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
 
         // A peer leaves (grace 0): exactly its subnet is removed.
         store.delete(&lease_at("10.244.9.0/24"));

@@ -80,9 +80,16 @@ pub struct AgentArgs {
     /// agent takes them over without a moment of absence.
     #[arg(long)]
     release_on_exit: bool,
-    /// Seconds between full resyncs that repair drift (fractions allowed).
+    /// Seconds between repairs that read the kernel back and put drift right
+    /// (a map entry or route deleted by hand), from the agent's own view of
+    /// the cluster, without asking the store (fractions allowed).
     #[arg(long, default_value_t = 10.0)]
     resync_secs: f64,
+    /// Seconds between full re-lists of the store, jittered by ±25% so
+    /// agents do not re-list together. The watch carries every change in
+    /// between; a lost watch or a compaction re-lists at once.
+    #[arg(long, default_value_t = 600.0)]
+    relist_secs: f64,
     /// The conflist the agent writes once it is ready.
     #[command(flatten)]
     cni: super::install::CniConfArgs,
@@ -103,6 +110,9 @@ pub fn run(a: AgentArgs) -> Result<()> {
         bail!("--resync-secs must be at least 0.05");
     }
     let resync = Duration::from_secs_f64(a.resync_secs);
+    if !(a.relist_secs.is_finite() && a.relist_secs >= 1.0) {
+        bail!("--relist-secs must be at least 1");
+    }
     let http_listen: Option<std::net::SocketAddr> = match a.http_listen.as_str() {
         "off" | "" => None,
         l => Some(
@@ -199,7 +209,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
             underlay_net,
             dataplane: dp.name().to_string(),
             lease_ttl: a.lease_ttl,
-            relist: resync,
+            relist: Duration::from_secs_f64(a.relist_secs),
             endpoints_file,
             lease_file: Some(lease_file),
             container_mtu,

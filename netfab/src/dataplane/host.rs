@@ -27,6 +27,8 @@ pub struct FallbackGuards {
 #[derive(Default)]
 pub struct HostPlumbing {
     last_rules: Option<String>,
+    /// The routes last written (what a `Changes` apply diffs against).
+    routes: Option<BTreeMap<ipnet::Ipv4Net, HostRoute>>,
 }
 
 fn ensure_forwarding() -> Result<()> {
@@ -51,24 +53,45 @@ fn ensure_forwarding() -> Result<()> {
 /// address in the same network: the peer accepts that source (it is this
 /// host's subnet) where it drops the underlay address as a spoofer's, and
 /// the container's reply is routed back through the fabric unmasqueraded.
-fn local_gateway_for(state: &DesiredState, remote: ipnet::Ipv4Net) -> Option<std::net::Ipv4Addr> {
-    let vni = state.remotes.iter().find(|r| r.subnet == remote)?.vni;
-    let local = state.networks.iter().find(|n| n.vni == vni)?;
-    Some(crate::ipam::Ipam::gateway(local.subnet))
+/// Returns the lookup from remote subnet to that address (built once per
+/// apply: a search per route would cost N² at N peers).
+fn local_gateways(state: &DesiredState) -> impl Fn(ipnet::Ipv4Net) -> Option<std::net::Ipv4Addr> {
+    let by_vni: std::collections::HashMap<u32, std::net::Ipv4Addr> = state
+        .networks
+        .iter()
+        .map(|n| (n.vni, crate::ipam::Ipam::gateway(n.subnet)))
+        .collect();
+    let vni: std::collections::HashMap<ipnet::Ipv4Net, u32> =
+        state.remotes.iter().map(|r| (r.subnet, r.vni)).collect();
+    move |remote| by_vni.get(vni.get(&remote)?).copied()
+}
+
+/// What a backend asks of the host plumbing.
+pub struct HostWanted<'a> {
+    pub state: &'a DesiredState,
+    pub links: &'a HashMap<String, LinkDetail>,
+    /// The backend's routes to remote subnets.
+    pub routes: Vec<HostRoute>,
+    /// The stack-routed backends' extra guards (none for eBPF).
+    pub fallback: Option<FallbackGuards>,
 }
 
 impl HostPlumbing {
     /// Reconciles every route with netfab's protocol number to the endpoint
-    /// routes plus `backend_routes`.
+    /// routes plus the backend's.
     pub async fn apply(
         &mut self,
         nl: &Netlink,
-        state: &DesiredState,
-        links: &HashMap<String, LinkDetail>,
-        backend_routes: Vec<HostRoute>,
-        fallback: Option<FallbackGuards>,
+        wanted: HostWanted<'_>,
+        mode: super::ApplyMode,
         report: &mut ApplyReport,
     ) -> Result<()> {
+        let HostWanted {
+            state,
+            links,
+            routes: backend_routes,
+            fallback,
+        } = wanted;
         ensure_forwarding()?;
         // The host holds each local subnet's gateway (see netlink::gateways).
         let gateways = state
@@ -77,10 +100,11 @@ impl HostPlumbing {
             .map(|n| crate::ipam::Ipam::gateway(n.subnet))
             .collect();
         nl.set_gateways(&gateways).await?;
+        let local_gateway_for = local_gateways(state);
         let mut desired: BTreeMap<ipnet::Ipv4Net, HostRoute> = backend_routes
             .into_iter()
             .map(|mut r| {
-                r.src = r.src.or_else(|| local_gateway_for(state, r.dst));
+                r.src = r.src.or_else(|| local_gateway_for(r.dst));
                 (r.dst, r)
             })
             .collect();
@@ -107,16 +131,21 @@ impl HostPlumbing {
             })
             .await?;
         }
-        let actual: BTreeMap<ipnet::Ipv4Net, HostRoute> = nl
-            .our_routes()
-            .await?
-            .into_iter()
-            .map(|r| (r.dst, r))
-            .collect();
+        let actual = match (mode, self.routes.take()) {
+            (super::ApplyMode::Changes, Some(written)) => written,
+            _ => nl
+                .our_routes()
+                .await?
+                .into_iter()
+                .map(|r| (r.dst, r))
+                .collect(),
+        };
         let d = diff(&desired, &actual);
+        let mut failed = Vec::new();
         for (_, r) in &d.upserts {
             if let Err(e) = nl.route_replace(r).await {
                 warn!("{e:#}");
+                failed.push(r.dst);
                 report.skipped.push(super::Skip {
                     item: super::SkipItem::Route(r.dst),
                     reason: format!("{e:#}"),
@@ -126,6 +155,11 @@ impl HostPlumbing {
         for k in &d.removals {
             nl.route_del(&actual[k]).await?;
         }
+        // What is in the kernel now; a failed route is retried next time.
+        for dst in failed {
+            desired.remove(&dst);
+        }
+        self.routes = Some(desired);
         report.map_upserts += d.upserts.len();
         report.map_removals += d.removals.len();
 
@@ -158,15 +192,18 @@ impl HostPlumbing {
             input.underlay = Some((state.underlay_interface.clone(), f.direct_sources.clone()));
         }
         let rules = iptables::ruleset(&input);
-        // Re-applied on every resync too (last_rules is only a change log),
-        // so rules flushed by hand come back.
-        if self.last_rules.as_deref() != Some(rules.as_str()) {
+        let unchanged = self.last_rules.as_deref() == Some(rules.as_str());
+        if !unchanged {
             log::info!(
                 "iptables: masquerade {} for {local:?}",
                 if state.masquerade { "on" } else { "off" }
             );
         }
-        iptables::apply(&rules, self.last_rules.as_deref() == Some(rules.as_str()))?;
+        // Checked against the kernel at every repair (rules flushed by hand
+        // come back); a change apply with the same rules costs no process.
+        if !unchanged || mode == super::ApplyMode::Repair {
+            iptables::apply(&rules, unchanged)?;
+        }
         self.last_rules = Some(rules);
         Ok(())
     }

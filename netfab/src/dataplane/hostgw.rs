@@ -3,7 +3,10 @@
 //! peers on this host's L2 segment; others are refused, loudly.
 use anyhow::Result;
 
-use super::{host::HostPlumbing, ApplyReport, Dataplane};
+use super::{
+    host::{HostPlumbing, HostWanted},
+    ApplyMode, ApplyReport, Dataplane,
+};
 use crate::{
     netlink::{routes::HostRoute, Netlink},
     state::DesiredState,
@@ -24,7 +27,7 @@ impl HostGwDataplane {
 }
 
 impl Dataplane for HostGwDataplane {
-    async fn apply(&mut self, state: &DesiredState) -> Result<ApplyReport> {
+    async fn apply(&mut self, state: &DesiredState, mode: ApplyMode) -> Result<ApplyReport> {
         let nl = &self.netlink;
         let (underlay, unet) = nl.underlay(&state.underlay_interface).await?;
         let mut report = ApplyReport {
@@ -57,7 +60,17 @@ impl Dataplane for HostGwDataplane {
             direct_sources: routes.iter().map(|r| r.dst).collect(),
         };
         self.host
-            .apply(nl, state, &links, routes, Some(guards), &mut report)
+            .apply(
+                nl,
+                HostWanted {
+                    state,
+                    links: &links,
+                    routes,
+                    fallback: Some(guards),
+                },
+                mode,
+                &mut report,
+            )
             .await?;
         Ok(report)
     }

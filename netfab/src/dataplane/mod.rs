@@ -126,10 +126,23 @@ pub fn peer_paths(
         .collect()
 }
 
+/// How much an apply may trust what the dataplane wrote before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Only the desired state changed (a store event, a new container):
+    /// write its difference from what this dataplane last wrote, reading
+    /// nothing back. A lease event then costs its own entries, not N.
+    Changes,
+    /// Read the kernel back and put right whatever differs: the periodic
+    /// repair of drift (an entry or route deleted by hand).
+    Repair,
+}
+
 #[allow(async_fn_in_trait)]
 pub trait Dataplane {
     /// Makes the kernel match `state`. Idempotent; safe to call periodically.
-    async fn apply(&mut self, state: &DesiredState) -> anyhow::Result<ApplyReport>;
+    async fn apply(&mut self, state: &DesiredState, mode: ApplyMode)
+        -> anyhow::Result<ApplyReport>;
     /// Which backend this is.
     fn kind(&self) -> kind::DataplaneKind;
     /// The backend's name as `netfab status` reports it.

@@ -8,7 +8,7 @@ use log::{info, warn};
 
 use super::{
     ebpf::EbpfDataplane, hostgw::HostGwDataplane, kind::DataplaneKind, vxlan::KernelVxlanDataplane,
-    ApplyReport, Dataplane,
+    ApplyMode, ApplyReport, Dataplane,
 };
 use crate::state::DesiredState;
 
@@ -21,11 +21,11 @@ pub enum AnyDataplane {
 }
 
 impl Dataplane for AnyDataplane {
-    async fn apply(&mut self, state: &DesiredState) -> Result<ApplyReport> {
+    async fn apply(&mut self, state: &DesiredState, mode: ApplyMode) -> Result<ApplyReport> {
         match self {
-            AnyDataplane::Ebpf(d) => d.apply(state).await,
-            AnyDataplane::Vxlan(d) => d.apply(state).await,
-            AnyDataplane::HostGw(d) => d.apply(state).await,
+            AnyDataplane::Ebpf(d) => d.apply(state, mode).await,
+            AnyDataplane::Vxlan(d) => d.apply(state, mode).await,
+            AnyDataplane::HostGw(d) => d.apply(state, mode).await,
         }
     }
     fn kind(&self) -> DataplaneKind {

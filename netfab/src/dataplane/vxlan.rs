@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use anyhow::Result;
 use log::info;
 
-use super::{host::HostPlumbing, ApplyReport, Dataplane};
+use super::{
+    host::{HostPlumbing, HostWanted},
+    ApplyMode, ApplyReport, Dataplane,
+};
 use crate::{
     addr::MacAddr,
     netlink::{
@@ -43,7 +46,7 @@ impl KernelVxlanDataplane {
 }
 
 impl Dataplane for KernelVxlanDataplane {
-    async fn apply(&mut self, state: &DesiredState) -> Result<ApplyReport> {
+    async fn apply(&mut self, state: &DesiredState, mode: ApplyMode) -> Result<ApplyReport> {
         let nl = &self.netlink;
         let (underlay, unet) = nl.underlay(&state.underlay_interface).await?;
         let mut report = ApplyReport {
@@ -164,7 +167,17 @@ impl Dataplane for KernelVxlanDataplane {
                 .collect(),
         };
         self.host
-            .apply(nl, state, &links, routes, Some(guards), &mut report)
+            .apply(
+                nl,
+                HostWanted {
+                    state,
+                    links: &links,
+                    routes,
+                    fallback: Some(guards),
+                },
+                mode,
+                &mut report,
+            )
             .await?;
         Ok(report)
     }

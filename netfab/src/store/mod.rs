@@ -90,6 +90,9 @@ impl LeaseEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
     Changes(Vec<LeaseEvent>),
+    /// The store has sent everything up to this revision (a watch progress
+    /// notification): an idle cache is still current.
+    Progress(i64),
     /// The session is gone (stream ended, liveness lease expired, watch
     /// canceled): the caller keeps its dataplane and opens a new one.
     Lost(String),

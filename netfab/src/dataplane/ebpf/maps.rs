@@ -120,11 +120,31 @@ impl BpfMaps {
         Ok(t)
     }
 
+    /// What the datapath finds for `sn` in the remote subnets map (a
+    /// longest-prefix match: callers compare the value).
+    pub fn remote_subnet(&self, sn: Ipv4Net) -> Result<Option<RemoteSubnet>> {
+        let key = Key::new(sn.prefix_len() as u32, wire(sn.network()));
+        match self.remote_subnets.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading a remote subnet"),
+        }
+    }
+
     /// Makes the maps equal to `desired`; returns (upserts, removals).
     /// Upserts go first so that nothing in use disappears before its
-    /// replacement is in place.
-    pub fn apply(&mut self, desired: &Tables) -> Result<(usize, usize)> {
-        let actual = self.read()?;
+    /// replacement is in place. `written` is what the maps held after the
+    /// last apply, trusted instead of reading them back; `None` reads them
+    /// (and so repairs anything changed behind our back).
+    pub fn apply(&mut self, desired: &Tables, written: Option<&Tables>) -> Result<(usize, usize)> {
+        let read;
+        let actual = match written {
+            Some(w) => w,
+            None => {
+                read = self.read()?;
+                &read
+            }
+        };
         let mut ups = 0;
         let mut rms = 0;
 

@@ -26,7 +26,7 @@ use log::{info, warn};
 use netfab_common::programs;
 
 use self::{maps::BpfMaps, tables::LinkFacts};
-use super::{ApplyReport, Dataplane};
+use super::{ApplyMode, ApplyReport, Dataplane};
 use crate::{
     addr::MacAddr,
     netlink::{neigh::Neigh, routes::HostRoute, Netlink, VxlanSpec, VXLAN_OVERHEAD},
@@ -41,6 +41,10 @@ pub struct EbpfDataplane {
     pin_dir: PathBuf,
     netlink: Netlink,
     host: super::host::HostPlumbing,
+    /// What the maps and the VXLAN device's neighbours held after the last
+    /// apply: a `Changes` apply writes only the difference from these.
+    written: Option<tables::Tables>,
+    vtep_neighs: Option<BTreeSet<Neigh>>,
 }
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
@@ -98,6 +102,8 @@ impl EbpfDataplane {
             pin_dir: pin_dir.to_path_buf(),
             netlink,
             host: Default::default(),
+            written: None,
+            vtep_neighs: None,
         })
     }
 
@@ -221,10 +227,11 @@ impl EbpfDataplane {
     /// `from_host` sets the tunnel key. Only for networks this host is in:
     /// the source address is its gateway in that network.
     async fn host_paths(
-        &self,
+        &mut self,
         state: &DesiredState,
         vxlan_ifindex: u32,
         underlay_ifindex: u32,
+        mode: ApplyMode,
         report: &mut ApplyReport,
     ) -> Result<Vec<HostRoute>> {
         let mut routes = Vec::new();
@@ -257,16 +264,28 @@ impl EbpfDataplane {
                 mac: r.vtep_mac,
             });
         }
-        for n in &neighs {
+        // Trusted from the last apply, or read back (a repair, or when one
+        // must go: deleting takes the kernel's own message).
+        let written = match (mode, self.vtep_neighs.take()) {
+            (ApplyMode::Changes, Some(w)) if w.is_subset(&neighs) => w,
+            _ => {
+                let (have, _) = self.netlink.neigh_list(vxlan_ifindex).await?;
+                let mut kept = BTreeSet::new();
+                for (n, msg) in have {
+                    if neighs.contains(&n) {
+                        kept.insert(n);
+                    } else {
+                        self.netlink.neigh_del(msg).await?;
+                        report.map_removals += 1;
+                    }
+                }
+                kept
+            }
+        };
+        for n in neighs.difference(&written) {
             self.netlink.neigh_replace(n).await?;
         }
-        let (have, _) = self.netlink.neigh_list(vxlan_ifindex).await?;
-        for (n, msg) in have {
-            if !neighs.contains(&n) {
-                self.netlink.neigh_del(msg).await?;
-                report.map_removals += 1;
-            }
-        }
+        self.vtep_neighs = Some(neighs);
         Ok(routes)
     }
 }
@@ -301,7 +320,7 @@ fn spawn_log_reader(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
 }
 
 impl Dataplane for EbpfDataplane {
-    async fn apply(&mut self, state: &DesiredState) -> Result<ApplyReport> {
+    async fn apply(&mut self, state: &DesiredState, mode: ApplyMode) -> Result<ApplyReport> {
         let (vxlan, underlay_ifindex, underlay_net) = self.ensure_vxlan(state).await?;
         let links = self.netlink.links().await?;
         let facts: HashMap<String, LinkFacts> =
@@ -310,7 +329,13 @@ impl Dataplane for EbpfDataplane {
             tables::desired_tables(state, &facts, Some(vxlan), underlay_ifindex);
         // Maps before attachments: a new container's first packet must find
         // its endpoint entry, or it would be dropped as spoofed.
-        let (map_upserts, map_removals) = self.maps.apply(&tables)?;
+        let t = std::time::Instant::now();
+        // Forgotten until the write succeeds: after a failure the next
+        // apply reads the maps back.
+        let written = self.written.take().filter(|_| mode == ApplyMode::Changes);
+        let (map_upserts, map_removals) = self.maps.apply(&tables, written.as_ref())?;
+        self.written = Some(tables);
+        log::debug!("timing: maps {:?}", t.elapsed());
         // The underlay always gets its program: it delivers direct peers'
         // packets and drops plain IP for containers from anyone else (without
         // it the host stack would route such packets in).
@@ -341,15 +366,31 @@ impl Dataplane for EbpfDataplane {
             paths: super::peer_paths(self.kind(), &state.remotes, underlay_net),
             ..Default::default()
         };
+        let t = std::time::Instant::now();
         let attached = self.attach_all(&wanted, &mut report)?;
         report.attached = attached.len();
+        log::debug!("timing: attach {:?}", t.elapsed());
+        let t = std::time::Instant::now();
         let routes = self
-            .host_paths(state, vxlan.ifindex, underlay_ifindex, &mut report)
+            .host_paths(state, vxlan.ifindex, underlay_ifindex, mode, &mut report)
             .await?;
+        log::debug!("timing: host paths {:?}", t.elapsed());
+        let t = std::time::Instant::now();
         pace_on_underlay(state, &mut report);
         self.host
-            .apply(&self.netlink, state, &links, routes, None, &mut report)
+            .apply(
+                &self.netlink,
+                super::host::HostWanted {
+                    state,
+                    links: &links,
+                    routes,
+                    fallback: None,
+                },
+                mode,
+                &mut report,
+            )
             .await?;
+        log::debug!("timing: host {:?}", t.elapsed());
         // A container is served only once its veth runs the program.
         report.programmed_endpoints.retain(|(ip, _)| {
             state

@@ -320,9 +320,12 @@ impl EtcdStore {
 
     /// Watches everything under the prefix from `revision` (inclusive).
     pub async fn watch(&mut self, revision: i64) -> Result<WatchStream> {
+        // Progress notifications keep an idle agent's revision current
+        // without reading anything.
         let opts = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(revision);
+            .with_start_revision(revision)
+            .with_progress_notify();
         deadline(
             "watch",
             self.timeout,

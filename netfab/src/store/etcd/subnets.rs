@@ -124,6 +124,9 @@ impl SubnetStore for EtcdSubnets {
                 Ok(Some(resp)) if resp.canceled() => {
                     lost(format!("watch canceled: {}", resp.cancel_reason()))
                 }
+                Ok(Some(resp)) if resp.events().is_empty() && !resp.created() => {
+                    StoreEvent::Progress(resp.header().map_or(0, |h| h.revision()))
+                }
                 Ok(Some(resp)) => StoreEvent::Changes(events(keys, &resp)),
                 Ok(None) => lost("watch stream ended".into()),
                 Err(e) => lost(format!("watch: {e}")),
