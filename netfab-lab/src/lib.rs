@@ -203,6 +203,48 @@ fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     }
 }
 
+/// etcd's gRPC requests so far, by method (`grpc_server_started_total` from
+/// its /metrics, read inside its namespace).
+pub fn etcd_requests(topo: &Topology) -> Result<std::collections::BTreeMap<String, f64>> {
+    let ns = topo.etcd_ns();
+    let text = std::thread::scope(|s| {
+        s.spawn(|| -> Result<String> {
+            use std::io::{Read, Write};
+            netfab::netns::enter(&ns)?;
+            let addr = procs::ETCD_METRICS.trim_start_matches("http://");
+            let mut c = std::net::TcpStream::connect(addr)
+                .with_context(|| format!("connecting to etcd's metrics at {addr}"))?;
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(
+                c,
+                "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut text = String::new();
+            c.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .join()
+        .expect("metrics thread")
+    })?;
+    let mut by = std::collections::BTreeMap::new();
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_started_total{"))
+    {
+        let method = l
+            .split("grpc_method=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("?");
+        let v: f64 = l.rsplit(' ').next().unwrap_or("0").parse().unwrap_or(0.0);
+        *by.entry(method.to_string()).or_insert(0.0) += v;
+    }
+    if by.is_empty() {
+        bail!("no grpc_server_started_total in etcd's /metrics");
+    }
+    Ok(by)
+}
+
 /// Runs the netfab CLI against the lab's etcd (from inside etcd's namespace).
 pub fn netfab_cli(topo: &Topology, args: &[&str]) -> Result<String> {
     let out = Command::new(netfab_binary()?)

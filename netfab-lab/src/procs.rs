@@ -135,6 +135,9 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
     spawn(&topo.name, &agent_name(h), cmd)
 }
 
+/// Where etcd serves /metrics, inside its namespace.
+pub const ETCD_METRICS: &str = "http://127.0.0.1:2381";
+
 pub fn start_etcd(topo: &Topology) -> Result<u32> {
     let data = state_dir(&topo.name).join("etcd-data");
     let mut cmd = Command::new("ip");
@@ -152,6 +155,9 @@ pub fn start_etcd(topo: &Topology) -> Result<u32> {
             "http://127.0.0.1:2380",
             "--initial-cluster",
             "lab=http://127.0.0.1:2380",
+            // Its own counters, plain HTTP inside its namespace.
+            "--listen-metrics-urls",
+            ETCD_METRICS,
             "--log-level",
             "warn",
         ]);

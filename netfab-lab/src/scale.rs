@@ -6,8 +6,7 @@
 //! etcd while idle (etcd's own /metrics).
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::{Ipv4Addr, TcpStream},
+    net::Ipv4Addr,
     path::Path,
     time::{Duration, Instant},
 };
@@ -41,6 +40,7 @@ pub struct ScaleResult {
     /// One more lease with N present, until its map entry is there.
     pub one_more_median_ms: f64,
     pub one_more_max_ms: f64,
+    pub one_more_samples_ms: Vec<f64>,
     pub agent_rss_mb: f64,
     /// Agent CPU time spent taking the N leases in.
     pub agent_cpu_load_s: f64,
@@ -118,35 +118,6 @@ fn rss_mb(pid: i32) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
-/// etcd's gRPC requests so far, by method (from its /metrics).
-fn etcd_requests(etcd: &str) -> Result<BTreeMap<String, f64>> {
-    let mut s = TcpStream::connect(etcd).with_context(|| format!("connecting to {etcd}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {etcd}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let mut by = BTreeMap::new();
-    for l in text
-        .lines()
-        .filter(|l| l.starts_with("grpc_server_started_total{"))
-    {
-        let method = l
-            .split("grpc_method=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("?");
-        let v: f64 = l.rsplit(' ').next().unwrap_or("0").parse().unwrap_or(0.0);
-        *by.entry(method.to_string()).or_insert(0.0) += v;
-    }
-    if by.is_empty() {
-        bail!("no grpc_server_started_total in etcd's /metrics");
-    }
-    Ok(by)
-}
-
 fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -183,8 +154,9 @@ fn measure(t: &Topology, hosts: u32, idle: Duration) -> Result<ScaleResult> {
         Duration::from_secs(30),
         || crate::read_leases(t, 1)?.subnets.get(NET).copied(),
     )?;
-    let ids: Vec<u32> = (0..hosts + SINGLES as u32)
+    let ids: Vec<u32> = (0..)
         .filter(|&i| subnet(i) != own)
+        .take(hosts as usize + SINGLES)
         .collect();
     let (bulk, singles) = ids.split_at(hosts as usize);
     let maps = BpfMaps::open(&t.pin_dir(1))?;
@@ -220,12 +192,12 @@ fn measure(t: &Topology, hosts: u32, idle: Duration) -> Result<ScaleResult> {
         one_more.push(put.elapsed().as_secs_f64() * 1e3);
     }
     let one_more_max_ms = one_more.iter().cloned().fold(0.0, f64::max);
-    let one_more_median_ms = median(one_more);
+    let one_more_median_ms = median(one_more.clone());
 
     say(format!("scale {hosts}: idle for {idle:?}"));
-    let (c0, r0, t0) = (cpu_secs(pid)?, etcd_requests(&etcd)?, Instant::now());
+    let (c0, r0, t0) = (cpu_secs(pid)?, crate::etcd_requests(t)?, Instant::now());
     std::thread::sleep(idle);
-    let (c1, r1) = (cpu_secs(pid)?, etcd_requests(&etcd)?);
+    let (c1, r1) = (cpu_secs(pid)?, crate::etcd_requests(t)?);
     let secs = t0.elapsed().as_secs_f64();
     let etcd_per_min = r1
         .iter()
@@ -237,6 +209,7 @@ fn measure(t: &Topology, hosts: u32, idle: Duration) -> Result<ScaleResult> {
         all_programmed_ms,
         one_more_median_ms,
         one_more_max_ms,
+        one_more_samples_ms: one_more,
         agent_rss_mb: rss_mb(pid)?,
         agent_cpu_load_s,
         idle_cpu_pct: (c1 - c0) / secs * 100.0,
@@ -263,7 +236,7 @@ pub fn run(
         let mut t = Topology::new("scale", 1, 1)?;
         t.etcd_tls = false;
         // The agent's own default repair interval, not the lab's quick one.
-        t.resync_ms = 10_000;
+        t.resync_ms = 60_000;
         let _ = crate::down(&t.name);
         let r = (|| -> Result<ScaleResult> {
             let t = crate::up(&t, bpf_object)?;

@@ -77,3 +77,60 @@ fn bench_measures_every_path_and_writes_table_json_and_chart() {
     }
     let _ = std::fs::remove_dir_all(out_dir);
 }
+
+/// The scale bench runs end to end: simulated hosts' leases written into a
+/// lab's real etcd reach the one real agent's map, and it reports its
+/// figures (a smoke run with few hosts; the figures come from a real run).
+#[test]
+fn scale_bench_programs_the_simulated_hosts_and_reports() {
+    require_privileges!();
+    let out_dir = std::env::temp_dir().join(format!("netfab-scale-{}", std::process::id()));
+    let out = Command::new(lab::lab_binary().unwrap())
+        .args([
+            "bench",
+            "--what",
+            "scale",
+            "--scale-hosts",
+            "200,400",
+            "--idle-secs",
+            "2",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("scale.json")).unwrap()).unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["hosts"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [200, 400]
+    );
+    for r in rows {
+        for k in [
+            "all_programmed_ms",
+            "one_more_median_ms",
+            "agent_rss_mb",
+            "agent_cpu_load_s",
+        ] {
+            assert!(r[k].as_f64().unwrap() > 0.0, "{k} of {r}");
+        }
+        assert_eq!(r["one_more_samples_ms"].as_array().unwrap().len(), 20);
+        assert!(r["etcd_per_min"].is_object());
+    }
+    let table = std::fs::read_to_string(out_dir.join("scale.md")).unwrap();
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("| ")).count(),
+        3,
+        "{table}"
+    );
+    assert!(
+        !std::path::Path::new("/run/netns/scale-ul").exists(),
+        "lab removed"
+    );
+    let _ = std::fs::remove_dir_all(out_dir);
+}

@@ -104,7 +104,7 @@ async fn rebuild_endpoints(ipam_dir: &Path, file: &Path) -> Result<Vec<LocalEndp
         let Some(link) = links.get(&a.host_ifname) else {
             continue;
         };
-        let (neighs, _) = nl.neigh_list(link.facts.ifindex).await?;
+        let neighs = nl.neigh_list_ip(link.facts.ifindex).await?;
         if let Some((n, _)) = neighs.into_iter().find(|(n, _)| n.ip == *ip) {
             macs.insert(*ip, n.mac);
         }

@@ -111,9 +111,7 @@ pub async fn run<S: Source, D: Dataplane>(
         dirty |= source.refresh().await;
         let due = last_repair.is_none_or(|t| t.elapsed() >= cfg.resync);
         if dirty || due {
-            let t0 = Instant::now();
             if let Some(state) = source.desired() {
-                log::debug!("timing: desired {:?}", t0.elapsed());
                 match state.validate() {
                     Err(e) => error!("computed state is inconsistent, not applied: {e}"),
                     Ok(()) => {
@@ -128,15 +126,12 @@ pub async fn run<S: Source, D: Dataplane>(
                         };
                         let applied = dp.apply(&state, mode).await;
                         let took = started.elapsed().as_secs_f64();
-                        log::debug!("timing: apply {:?}", started.elapsed());
                         match applied {
                             Ok(r) => {
                                 log_report(&state, &r);
                                 observe(cfg, |o| o.apply_seconds.observe(took));
                                 if reports.urgent(&r) {
-                                    let t1 = Instant::now();
                                     reports.write(cfg, dp.name(), source, &state, &r, applies);
-                                    log::debug!("timing: status {:?}", t1.elapsed());
                                 } else {
                                     reports.pending = Some((state, r));
                                 }

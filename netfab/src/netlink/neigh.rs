@@ -78,9 +78,23 @@ impl Netlink {
         &self,
         ifindex: u32,
     ) -> Result<(Vec<(Neigh, NeighbourMessage)>, Vec<(Fdb, NeighbourMessage)>)> {
+        self.neigh_dump(ifindex, &[AddressFamily::Inet, AddressFamily::Bridge])
+            .await
+    }
+
+    /// Permanent IPv4 neighbours on `ifindex` (no FDB: a dump less).
+    pub async fn neigh_list_ip(&self, ifindex: u32) -> Result<Vec<(Neigh, NeighbourMessage)>> {
+        Ok(self.neigh_dump(ifindex, &[AddressFamily::Inet]).await?.0)
+    }
+
+    async fn neigh_dump(
+        &self,
+        ifindex: u32,
+        families: &[AddressFamily],
+    ) -> Result<(Vec<(Neigh, NeighbourMessage)>, Vec<(Fdb, NeighbourMessage)>)> {
         let mut neighs = Vec::new();
         let mut fdbs = Vec::new();
-        for family in [AddressFamily::Inet, AddressFamily::Bridge] {
+        for &family in families {
             let mut req = self.handle.neighbours().get().set_address_family(family);
             req.message_mut().header.ifindex = ifindex;
             let mut s = req.execute();

@@ -18,8 +18,7 @@ use netfab_common::{
 };
 use serde::Serialize;
 
-use super::tables::Tables;
-use crate::reconcile::diff;
+use super::tables::{Delta, Tables};
 
 pub struct BpfMaps {
     endpoints: HashMap<MapData, u32, Endpoint>,
@@ -52,6 +51,9 @@ macro_rules! typed {
 /// IPv4 as the raw u32 the datapath reads from the IP header.
 fn wire(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
+}
+fn lpm_key(sn: &Ipv4Net) -> Key<u32> {
+    Key::new(sn.prefix_len() as u32, wire(sn.network()))
 }
 fn from_wire(v: u32) -> Ipv4Addr {
     Ipv4Addr::from(v.to_ne_bytes())
@@ -123,8 +125,7 @@ impl BpfMaps {
     /// What the datapath finds for `sn` in the remote subnets map (a
     /// longest-prefix match: callers compare the value).
     pub fn remote_subnet(&self, sn: Ipv4Net) -> Result<Option<RemoteSubnet>> {
-        let key = Key::new(sn.prefix_len() as u32, wire(sn.network()));
-        match self.remote_subnets.get(&key, 0) {
+        match self.remote_subnets.get(&lpm_key(&sn), 0) {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("reading a remote subnet"),
@@ -137,98 +138,71 @@ impl BpfMaps {
     /// last apply, trusted instead of reading them back; `None` reads them
     /// (and so repairs anything changed behind our back).
     pub fn apply(&mut self, desired: &Tables, written: Option<&Tables>) -> Result<(usize, usize)> {
-        let read;
-        let actual = match written {
-            Some(w) => w,
-            None => {
-                read = self.read()?;
-                &read
-            }
+        let d = match written {
+            Some(w) => Delta::between(desired, w),
+            None => Delta::between(desired, &self.read()?),
         };
-        let mut ups = 0;
-        let mut rms = 0;
-
-        let d = diff(&desired.networks, &actual.networks);
-        for (k, v) in &d.upserts {
+        for (k, v) in &d.networks.upserts {
             self.networks.insert(k, v, 0).context("writing network")?;
         }
-        let d_known = diff(&desired.known_hosts, &actual.known_hosts);
-        for (k, v) in &d_known.upserts {
+        for (k, v) in &d.known_hosts.upserts {
             self.known_hosts
                 .insert(u32::from(*k), v, 0)
                 .context("writing known host")?;
         }
-        let d_ep = diff(&desired.endpoints, &actual.endpoints);
-        for (k, v) in &d_ep.upserts {
+        for (k, v) in &d.endpoints.upserts {
             self.endpoints
                 .insert(wire(*k), v, 0)
                 .context("writing endpoint")?;
         }
-        let d_rs = diff(&desired.remote_subnets, &actual.remote_subnets);
-        for (k, v) in &d_rs.upserts {
-            let key = Key::new(k.prefix_len() as u32, wire(k.network()));
+        for (k, v) in &d.remote_subnets.upserts {
             self.remote_subnets
-                .insert(&key, v, 0)
+                .insert(&lpm_key(k), v, 0)
                 .context("writing remote subnet")?;
         }
-        let d_g = diff(&desired.guards, &actual.guards);
-        for (k, v) in &d_g.upserts {
+        for (k, v) in &d.guards.upserts {
             self.guards.insert(k, v, 0).context("writing guard")?;
         }
-        for k in &d_g.removals {
+        for k in &d.guards.removals {
             self.guards.remove(k).context("removing guard")?;
         }
-        ups += d_g.upserts.len();
-        rms += d_g.removals.len();
-        let d_rl = diff(&desired.rate_limits, &actual.rate_limits);
-        for (k, v) in &d_rl.upserts {
+        for (k, v) in &d.rate_limits.upserts {
             self.rate_limits
                 .insert(wire(*k), v, 0)
                 .context("writing rate limit")?;
         }
-        for k in &d_rl.removals {
+        for k in &d.rate_limits.removals {
             self.rate_limits
                 .remove(&wire(*k))
                 .context("removing rate limit")?;
         }
-        ups += d_rl.upserts.len();
-        rms += d_rl.removals.len();
-        if desired.settings != actual.settings {
-            self.settings
-                .set(0, desired.settings, 0)
-                .context("writing settings")?;
-            ups += 1;
+        if let Some(s) = d.settings {
+            self.settings.set(0, s, 0).context("writing settings")?;
         }
-        if desired.host_config != actual.host_config {
+        if let Some(h) = d.host_config {
             self.host_config
-                .set(0, desired.host_config, 0)
+                .set(0, h, 0)
                 .context("writing host config")?;
-            ups += 1;
         }
-        ups += d.upserts.len() + d_known.upserts.len() + d_ep.upserts.len() + d_rs.upserts.len();
-
-        for k in &d_rs.removals {
-            let key = Key::new(k.prefix_len() as u32, wire(k.network()));
+        for k in &d.remote_subnets.removals {
             self.remote_subnets
-                .remove(&key)
+                .remove(&lpm_key(k))
                 .context("removing remote subnet")?;
         }
-        for k in &d_ep.removals {
+        for k in &d.endpoints.removals {
             self.endpoints
                 .remove(&wire(*k))
                 .context("removing endpoint")?;
         }
-        for k in &d_known.removals {
+        for k in &d.known_hosts.removals {
             self.known_hosts
                 .remove(&u32::from(*k))
                 .context("removing known host")?;
         }
-        for k in &d.removals {
+        for k in &d.networks.removals {
             self.networks.remove(k).context("removing network")?;
         }
-        rms +=
-            d.removals.len() + d_known.removals.len() + d_ep.removals.len() + d_rs.removals.len();
-        Ok((ups, rms))
+        Ok(d.counts())
     }
 
     pub fn counters(&self) -> Result<Counters> {

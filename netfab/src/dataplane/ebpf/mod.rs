@@ -269,7 +269,7 @@ impl EbpfDataplane {
         let written = match (mode, self.vtep_neighs.take()) {
             (ApplyMode::Changes, Some(w)) if w.is_subset(&neighs) => w,
             _ => {
-                let (have, _) = self.netlink.neigh_list(vxlan_ifindex).await?;
+                let have = self.netlink.neigh_list_ip(vxlan_ifindex).await?;
                 let mut kept = BTreeSet::new();
                 for (n, msg) in have {
                     if neighs.contains(&n) {
@@ -329,13 +329,11 @@ impl Dataplane for EbpfDataplane {
             tables::desired_tables(state, &facts, Some(vxlan), underlay_ifindex);
         // Maps before attachments: a new container's first packet must find
         // its endpoint entry, or it would be dropped as spoofed.
-        let t = std::time::Instant::now();
         // Forgotten until the write succeeds: after a failure the next
         // apply reads the maps back.
         let written = self.written.take().filter(|_| mode == ApplyMode::Changes);
         let (map_upserts, map_removals) = self.maps.apply(&tables, written.as_ref())?;
         self.written = Some(tables);
-        log::debug!("timing: maps {:?}", t.elapsed());
         // The underlay always gets its program: it delivers direct peers'
         // packets and drops plain IP for containers from anyone else (without
         // it the host stack would route such packets in).
@@ -366,16 +364,11 @@ impl Dataplane for EbpfDataplane {
             paths: super::peer_paths(self.kind(), &state.remotes, underlay_net),
             ..Default::default()
         };
-        let t = std::time::Instant::now();
         let attached = self.attach_all(&wanted, &mut report)?;
         report.attached = attached.len();
-        log::debug!("timing: attach {:?}", t.elapsed());
-        let t = std::time::Instant::now();
         let routes = self
             .host_paths(state, vxlan.ifindex, underlay_ifindex, mode, &mut report)
             .await?;
-        log::debug!("timing: host paths {:?}", t.elapsed());
-        let t = std::time::Instant::now();
         pace_on_underlay(state, &mut report);
         self.host
             .apply(
@@ -390,7 +383,6 @@ impl Dataplane for EbpfDataplane {
                 &mut report,
             )
             .await?;
-        log::debug!("timing: host {:?}", t.elapsed());
         // A container is served only once its veth runs the program.
         report.programmed_endpoints.retain(|(ip, _)| {
             state

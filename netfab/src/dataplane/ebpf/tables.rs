@@ -14,6 +14,7 @@ use netfab_common::{
 use crate::{
     addr::MacAddr,
     dataplane::{Skip, SkipItem},
+    reconcile::{diff, Diff},
     state::DesiredState,
 };
 
@@ -36,6 +37,56 @@ pub struct Tables {
     /// Stack-bound destinations containers may not reach, with the reason.
     pub guards: BTreeMap<GuardKey, u32>,
     pub settings: Settings,
+}
+
+/// What turns one set of tables into another, table by table. Pure: what
+/// an apply writes, so what one lease event costs is plain to see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    pub endpoints: Diff<Ipv4Addr, Endpoint>,
+    pub rate_limits: Diff<Ipv4Addr, RateLimit>,
+    pub remote_subnets: Diff<Ipv4Net, RemoteSubnet>,
+    pub known_hosts: Diff<Ipv4Addr, KnownHost>,
+    pub networks: Diff<u32, NetworkInfo>,
+    pub guards: Diff<GuardKey, u32>,
+    /// New values of the single-entry tables, when they changed.
+    pub host_config: Option<HostConfig>,
+    pub settings: Option<Settings>,
+}
+
+impl Delta {
+    /// From `from` (what the maps hold) to `to` (what they should).
+    pub fn between(to: &Tables, from: &Tables) -> Self {
+        Self {
+            endpoints: diff(&to.endpoints, &from.endpoints),
+            rate_limits: diff(&to.rate_limits, &from.rate_limits),
+            remote_subnets: diff(&to.remote_subnets, &from.remote_subnets),
+            known_hosts: diff(&to.known_hosts, &from.known_hosts),
+            networks: diff(&to.networks, &from.networks),
+            guards: diff(&to.guards, &from.guards),
+            host_config: (to.host_config != from.host_config).then_some(to.host_config),
+            settings: (to.settings != from.settings).then_some(to.settings),
+        }
+    }
+
+    /// (entries written, entries removed).
+    pub fn counts(&self) -> (usize, usize) {
+        let ups = self.endpoints.upserts.len()
+            + self.rate_limits.upserts.len()
+            + self.remote_subnets.upserts.len()
+            + self.known_hosts.upserts.len()
+            + self.networks.upserts.len()
+            + self.guards.upserts.len()
+            + usize::from(self.host_config.is_some())
+            + usize::from(self.settings.is_some());
+        let rms = self.endpoints.removals.len()
+            + self.rate_limits.removals.len()
+            + self.remote_subnets.removals.len()
+            + self.known_hosts.removals.len()
+            + self.networks.removals.len()
+            + self.guards.removals.len();
+        (ups, rms)
+    }
 }
 
 /// Builds the tables. Endpoints whose veth is not (yet) in `links` are left
@@ -154,6 +205,67 @@ mod tests {
                              {"ip":"10.244.1.3","vni":5,"host_ifname":"gone","mac":"0a:6e:0a:f4:01:03"}]}"#,
         )
         .unwrap()
+    }
+
+    /// One lease event among thousands of peers: the write touches that
+    /// peer's entries and nothing else (and a leaving peer removes exactly
+    /// them).
+    #[test]
+    fn one_lease_event_is_a_delta_of_its_own_entries() {
+        let peer = |i: u32| crate::state::RemoteHostSubnet {
+            subnet: Ipv4Net::new(Ipv4Addr::from(0x0a80_0000 + (i << 8)), 24).unwrap(),
+            vni: 5,
+            underlay_ip: Ipv4Addr::from(0x6460_0000 + i),
+            vtep_mac: MacAddr::vtep_for(Ipv4Addr::from(0x6460_0000 + i)),
+            direct: false,
+        };
+        let mut s = state();
+        s.remotes = (1..=5000).map(peer).collect();
+        let links = HashMap::new();
+        let (before, _) = desired_tables(&s, &links, None, 9);
+        s.remotes.push(peer(5001));
+        let (after, _) = desired_tables(&s, &links, None, 9);
+
+        let d = Delta::between(&after, &before);
+        let new = peer(5001);
+        assert_eq!(d.counts(), (2, 0), "{d:?}");
+        assert_eq!(
+            d.remote_subnets
+                .upserts
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>(),
+            vec![new.subnet]
+        );
+        assert_eq!(
+            d.known_hosts
+                .upserts
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>(),
+            vec![new.underlay_ip]
+        );
+        // It leaves again: exactly its entries go.
+        let d = Delta::between(&before, &after);
+        assert_eq!(d.counts(), (0, 2), "{d:?}");
+        assert_eq!(d.remote_subnets.removals, vec![new.subnet]);
+        assert_eq!(d.known_hosts.removals, vec![new.underlay_ip]);
+        // A peer moving to a new underlay address rewrites its own subnet.
+        let mut moved = s.clone();
+        moved.remotes[0].underlay_ip = "100.97.0.1".parse().unwrap();
+        let (m, _) = desired_tables(&moved, &links, None, 9);
+        let d = Delta::between(&m, &after);
+        assert_eq!(
+            d.remote_subnets
+                .upserts
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>(),
+            vec![peer(1).subnet]
+        );
+        assert_eq!(d.known_hosts.removals, vec![peer(1).underlay_ip]);
+        assert_eq!(d.counts(), (2, 1), "{d:?}");
+        assert_eq!(Delta::between(&after, &after).counts(), (0, 0));
     }
 
     #[test]
