@@ -114,6 +114,18 @@ async fn rebuild_endpoints(ipam_dir: &Path, file: &Path) -> Result<Vec<LocalEndp
     Ok(eps)
 }
 
+/// Whether `last_view` still judges the snapshot, but for new leases to
+/// take in: while only hosts join (each lease the newest of all, judged
+/// alone, as the full judgement would), an event costs its own lease; any
+/// other change judges the whole view again.
+#[derive(Default)]
+struct ViewCache {
+    current: bool,
+    /// The newest create revision judged.
+    newest: i64,
+    fresh: Vec<(String, Ipv4Net)>,
+}
+
 pub struct Fabric<S: SubnetStore> {
     cfg: FabricConfig,
     store: S,
@@ -132,6 +144,7 @@ pub struct Fabric<S: SubnetStore> {
     grace: Grace,
     /// What the last `desired` judged and retained (for status).
     last_view: Judged,
+    views: ViewCache,
     last_retained: Vec<RetainedLease>,
     next_connect: Instant,
     /// When the next full re-list is due; `None` while not listed.
@@ -169,6 +182,7 @@ impl<S: SubnetStore> Fabric<S> {
             written: None,
             connected: false,
             last_view: Judged::default(),
+            views: ViewCache::default(),
             last_retained: Vec::new(),
             next_connect: Instant::now(),
             next_list: None,
@@ -240,6 +254,7 @@ impl<S: SubnetStore> Fabric<S> {
         let (snap, bad) = listing.snapshot(&self.store, self.snap.as_ref());
         self.set_bad(&bad);
         self.snap = Some(snap);
+        self.views.current = false;
         self.held.clear();
         self.acquire_missing().await?;
         self.relist().await?;
@@ -261,6 +276,7 @@ impl<S: SubnetStore> Fabric<S> {
         self.store.watch(snap.revision + 1).await?;
         self.next_list = Some(Instant::now() + jittered(self.cfg.relist));
         self.snap = Some(snap);
+        self.views.current = false;
         self.set_bad(&bad);
         let held: Vec<(String, Held)> = self.held.iter().map(|(n, h)| (n.clone(), *h)).collect();
         for (net, h) in held {
@@ -382,6 +398,7 @@ impl<S: SubnetStore> Fabric<S> {
         }
         self.held.retain(|n, _| snap.networks.contains_key(n));
         self.snap = Some(snap);
+        self.views.current = false;
         Ok(())
     }
 
@@ -397,18 +414,42 @@ impl<S: SubnetStore> Fabric<S> {
             let at = ev.at();
             // Names are for reports: built only when one is made or cleared.
             let name = || self.store.name(at);
+            let views = &mut self.views;
             match ev {
-                LeaseEvent::Put { value, created, .. } => match snap.put(at, value, *created) {
-                    Ok(()) if !self.bad.is_empty() => {
-                        self.bad.remove(&name());
+                LeaseEvent::Put { value, created, .. } => {
+                    // A lease key the view has not seen, newer than all.
+                    let new_lease = match at {
+                        KeyKind::Lease { net, subnet } => parse_subnet_key(subnet)
+                            .filter(|sn| {
+                                *created > views.newest
+                                    && !snap.leases.get(net).is_some_and(|m| m.contains_key(sn))
+                            })
+                            .map(|sn| (net.clone(), sn)),
+                        _ => None,
+                    };
+                    match snap.put(at, value, *created) {
+                        Ok(()) => {
+                            if !self.bad.is_empty() {
+                                self.bad.remove(&name());
+                            }
+                            match new_lease {
+                                Some(k) => {
+                                    views.newest = *created;
+                                    views.fresh.push(k);
+                                }
+                                // Node records are not judged.
+                                None if matches!(at, KeyKind::Node { .. }) => {}
+                                None => views.current = false,
+                            }
+                        }
+                        Err(reason) => reports.push(BadEntry {
+                            key: name(),
+                            reason,
+                        }),
                     }
-                    Ok(()) => {}
-                    Err(reason) => reports.push(BadEntry {
-                        key: name(),
-                        reason,
-                    }),
-                },
+                }
                 LeaseEvent::Delete { .. } => {
+                    views.current = false;
                     if !self.bad.is_empty() {
                         self.bad.remove(&name());
                     }
@@ -605,7 +646,21 @@ impl<S: SubnetStore> Source for Fabric<S> {
 
     fn desired(&mut self) -> Option<DesiredState> {
         let snap = self.snap.as_ref()?;
-        let view = judge(snap, &self.store, &self.judge_ctx());
+        let ctx = self.judge_ctx();
+        let view = if self.views.current {
+            let mut v = std::mem::take(&mut self.last_view);
+            for (net, sn) in self.views.fresh.drain(..) {
+                judge::judge_new_lease(&mut v, snap, &self.store, &ctx, &net, sn);
+            }
+            v
+        } else {
+            self.views = ViewCache {
+                current: true,
+                newest: snap.created.values().copied().max().unwrap_or(0),
+                fresh: Vec::new(),
+            };
+            judge(snap, &self.store, &ctx)
+        };
         for b in &view.rejected {
             self.log_once(b);
         }
