@@ -65,7 +65,7 @@ impl Dataplane for KernelVxlanDataplane {
                 mac: MacAddr::vtep_for(local),
                 mtu: underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
             };
-            let dev = nl.ensure_kernel_vxlan(&spec).await?;
+            let (dev, _) = nl.ensure_kernel_vxlan(&spec).await?;
             // The subnet's network address is this host's VTEP address.
             nl.addr_ensure(dev.ifindex, ipnet::Ipv4Net::new(n.subnet.network(), 32)?)
                 .await?;

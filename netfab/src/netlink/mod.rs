@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
+    link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
@@ -25,10 +25,20 @@ pub struct Netlink {
     pub(crate) handle: Handle,
 }
 
+/// Whether ensuring a device created or changed it (which empties its
+/// neighbour table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touched {
+    No,
+    Yes,
+}
+
 #[derive(Debug, Clone)]
 pub struct LinkDetail {
     pub facts: LinkFacts,
     pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
     pub kind: Option<InfoKind>,
     pub vxlan: Vec<InfoVxlan>,
 }
@@ -87,6 +97,7 @@ fn detail(msg: &LinkMessage) -> Option<(String, LinkDetail)> {
         LinkDetail {
             facts,
             mtu,
+            up: msg.header.flags.contains(LinkFlags::Up),
             kind,
             vxlan,
         },
@@ -174,7 +185,7 @@ impl Netlink {
 
     /// Creates the collect-metadata VXLAN device, or adopts an existing one
     /// that already has the right shape (an agent restart must not disturb it).
-    pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<LinkFacts> {
+    pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<(LinkFacts, Touched)> {
         let wanted = [
             InfoVxlan::CollectMetadata(true),
             InfoVxlan::Port(spec.port),
@@ -195,7 +206,10 @@ impl Netlink {
 
     /// Creates or adopts a plain (one-VNI) kernel VXLAN device, flannel style:
     /// no learning, fixed MAC, the given MTU.
-    pub async fn ensure_kernel_vxlan(&self, spec: &KernelVxlanSpec) -> Result<LinkFacts> {
+    pub async fn ensure_kernel_vxlan(
+        &self,
+        spec: &KernelVxlanSpec,
+    ) -> Result<(LinkFacts, Touched)> {
         let wanted = [
             InfoVxlan::Id(spec.vni),
             InfoVxlan::Port(spec.port),
@@ -226,9 +240,18 @@ impl Netlink {
         mtu: u32,
         mac: MacAddr,
         create: LinkMessage,
-    ) -> Result<LinkFacts> {
+    ) -> Result<(LinkFacts, Touched)> {
         if let Some(d) = self.link(name).await? {
             if d.kind == Some(InfoKind::Vxlan) && wanted.iter().all(|w| d.vxlan.contains(w)) {
+                let facts = LinkFacts {
+                    ifindex: d.facts.ifindex,
+                    mac,
+                };
+                // Left alone when it is right: setting the address, even to
+                // the same value, flushes the device's neighbours.
+                if d.mtu == mtu && d.facts.mac == mac && d.up {
+                    return Ok((facts, Touched::No));
+                }
                 let msg = LinkUnspec::new_with_index(d.facts.ifindex)
                     .mtu(mtu)
                     .address(mac.0.to_vec())
@@ -240,10 +263,7 @@ impl Netlink {
                     .execute()
                     .await
                     .with_context(|| format!("updating {name}"))?;
-                return Ok(LinkFacts {
-                    ifindex: d.facts.ifindex,
-                    mac,
-                });
+                return Ok((facts, Touched::Yes));
             }
             log::warn!("{name} exists with other settings; recreating it");
             self.delete(name).await?;
@@ -255,7 +275,7 @@ impl Netlink {
             .await
             .with_context(|| format!("creating VXLAN device {name}"))?;
         match self.link(name).await? {
-            Some(d) => Ok(d.facts),
+            Some(d) => Ok((d.facts, Touched::Yes)),
             None => bail!("VXLAN device {name} vanished right after creation"),
         }
     }

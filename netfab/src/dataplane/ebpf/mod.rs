@@ -29,7 +29,7 @@ use self::{maps::BpfMaps, tables::LinkFacts};
 use super::{ApplyMode, ApplyReport, Dataplane};
 use crate::{
     addr::MacAddr,
-    netlink::{neigh::Neigh, routes::HostRoute, Netlink, VxlanSpec, VXLAN_OVERHEAD},
+    netlink::{neigh::Neigh, routes::HostRoute, Netlink, Touched, VxlanSpec, VXLAN_OVERHEAD},
     state::DesiredState,
 };
 
@@ -131,7 +131,10 @@ impl EbpfDataplane {
 
     /// Creates or adopts the VXLAN device; returns it, the underlay's ifindex
     /// and the underlay address with its prefix.
-    async fn ensure_vxlan(&self, state: &DesiredState) -> Result<(LinkFacts, u32, ipnet::Ipv4Net)> {
+    async fn ensure_vxlan(
+        &mut self,
+        state: &DesiredState,
+    ) -> Result<(LinkFacts, u32, ipnet::Ipv4Net)> {
         let (underlay, ip) = self.netlink.underlay(&state.underlay_interface).await?;
         let spec = VxlanSpec {
             name: state.vxlan_device.clone(),
@@ -140,11 +143,12 @@ impl EbpfDataplane {
             mac: MacAddr::vtep_for(ip.addr()),
             mtu: underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
         };
-        Ok((
-            self.netlink.ensure_vxlan(&spec).await?,
-            underlay.facts.ifindex,
-            ip,
-        ))
+        let (dev, touched) = self.netlink.ensure_vxlan(&spec).await?;
+        if touched == Touched::Yes {
+            // Its neighbour table is empty now, whatever was written.
+            self.vtep_neighs = None;
+        }
+        Ok((dev, underlay.facts.ifindex, ip))
     }
 
     /// Attaches (or re-attaches) each program to its interface and drops
