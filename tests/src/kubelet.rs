@@ -268,7 +268,6 @@ pub struct PodInputs<'a> {
 /// One running container of a pod.
 pub struct Container {
     pub name: String,
-    pub spec: Value,
     child: Child,
     /// PID 1 of the container's PID namespace, as seen from here.
     pub pid: i32,
@@ -483,7 +482,6 @@ impl PodInputs<'_> {
         );
         Container {
             name,
-            spec: c.clone(),
             child,
             pid,
             log,
@@ -538,7 +536,7 @@ impl PodInputs<'_> {
 
 /// Kubernetes' `$(VAR)` expansion in command, args and env values: known
 /// names are replaced, unknown ones kept, `$$` escapes.
-pub fn expand(s: &str, env: &[(String, String)]) -> String {
+fn expand(s: &str, env: &[(String, String)]) -> String {
     let mut out = String::new();
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -726,4 +724,20 @@ pub fn manifests() -> (Value, Value) {
     let ds = crate::manifests::load(&deploy.join("daemonset.yaml"));
     let cm = crate::manifests::load(&deploy.join("configmap.yaml"));
     (ds["spec"]["template"].clone(), cm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    #[test]
+    fn expands_as_kubernetes_does() {
+        let env = vec![
+            ("A".to_string(), "1".to_string()),
+            ("B".to_string(), "x y".to_string()),
+        ];
+        assert_eq!(expand("--a=$(A) $(B)", &env), "--a=1 x y");
+        assert_eq!(expand("$(MISSING) $$(A) $", &env), "$(MISSING) $(A) $");
+        assert_eq!(expand("$(A", &env), "$(A");
+    }
 }
