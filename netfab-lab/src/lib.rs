@@ -270,6 +270,12 @@ pub fn netfab_cli(topo: &Topology, args: &[&str]) -> Result<String> {
 
 /// Runs etcdctl against the lab's etcd.
 pub fn etcdctl(topo: &Topology, args: &[&str]) -> Result<String> {
+    etcdctl_with_input(topo, args, None)
+}
+
+/// As [`etcdctl`], with `input` on standard input (say, a large value for
+/// `put`).
+pub fn etcdctl_with_input(topo: &Topology, args: &[&str], input: Option<&[u8]>) -> Result<String> {
     let url = topo.etcd_local_url();
     let mut a: Vec<String> = vec!["--endpoints".into(), url];
     if topo.etcd_tls {
@@ -285,7 +291,7 @@ pub fn etcdctl(topo: &Topology, args: &[&str]) -> Result<String> {
     }
     a.extend(args.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-    sh::in_ns(&topo.etcd_ns(), "etcdctl", &refs)
+    sh::in_ns_with_input(&topo.etcd_ns(), "etcdctl", &refs, input)
 }
 
 /// Host `h`'s run directory: what its agent and its CNI plugin share

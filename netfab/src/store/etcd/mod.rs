@@ -38,6 +38,31 @@ pub struct EtcdConfig {
     pub timeout: Duration,
 }
 
+/// Keys per page of a listing.
+const LIST_PAGE: i64 = 500;
+
+/// Whether a response was refused for its size (the client's message limit).
+fn too_large(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| match c.downcast_ref::<etcd_client::Error>() {
+            Some(etcd_client::Error::GRpcStatus(s)) => format!("{:?}", s.code()) == "OutOfRange",
+            _ => false,
+        })
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: to the end of the keyspace.
+    vec![0]
+}
+
 pub struct EtcdStore {
     client: Client,
     pub keys: Keys,
@@ -96,26 +121,53 @@ impl EtcdStore {
 
     /// Every record under the prefix (keys outside the layout are ignored).
     pub async fn list(&mut self) -> Result<Listing> {
-        let root = self.keys.root();
-        let resp = deadline(
-            "list",
-            self.timeout,
-            self.client.get(root, Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let records = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
+        let root = self.keys.root().into_bytes();
+        let end = prefix_end(&root);
+        let mut start = root;
+        let mut revision = 0;
+        let mut records = Vec::new();
+        let mut page = LIST_PAGE;
+        // Page by page at one revision: one response for the whole prefix
+        // outgrows the client's 4 MB message limit (about 20,000 leases, or
+        // a few big values), and the agent could then never list again. A
+        // page still too big (big values) is asked for again, halved.
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(page);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let resp = match deadline(
+                "list",
+                self.timeout,
+                self.client.get(start.clone(), Some(opts)),
+            )
+            .await
+            {
+                Err(e) if page > 1 && too_large(&e) => {
+                    page /= 2;
+                    continue;
+                }
+                r => r?,
+            };
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            records.extend(resp.kvs().iter().filter_map(|kv| {
                 let key = String::from_utf8_lossy(kv.key());
                 Some((
                     self.keys.parse(&key)?,
                     kv.value().to_vec(),
                     kv.create_revision(),
                 ))
-            })
-            .collect();
+            }));
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
         Ok(Listing { records, revision })
     }
 
@@ -340,5 +392,17 @@ impl EtcdStore {
         Ok(r.kvs()
             .first()
             .map(|kv| (kv.value().to_vec(), kv.create_revision(), kv.mod_revision())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn the_prefix_end_follows_every_key_of_the_prefix() {
+        assert_eq!(prefix_end(b"/netfab/networks/"), b"/netfab/networks0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 }

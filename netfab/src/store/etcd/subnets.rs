@@ -121,6 +121,12 @@ impl SubnetStore for EtcdSubnets {
         let lost = |why: String| StoreEvent::Lost(why);
         tokio::select! {
             msg = w.message() => match msg {
+                // Compacted past where it stood: the events it missed are
+                // gone from etcd's history, so the session lists again.
+                Ok(Some(resp)) if resp.canceled() && resp.compact_revision() > 0 => lost(format!(
+                    "watch canceled: etcd compacted its history to revision {}",
+                    resp.compact_revision()
+                )),
                 Ok(Some(resp)) if resp.canceled() => {
                     lost(format!("watch canceled: {}", resp.cancel_reason()))
                 }
