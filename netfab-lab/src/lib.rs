@@ -93,7 +93,8 @@ fn build(mut topo: Topology, bpf_object: Option<&Path>) -> Result<Topology> {
         say(format!("etcd in {} at {}", topo.etcd_ns(), topo.etcd_url()));
         wiring::etcd_host(&topo)?;
         if topo.etcd_tls {
-            tls::generate(&procs::tls_dir(&topo))?;
+            let ips: Vec<_> = topo.etcd_members().map(|m| topo.etcd_ip_of(m)).collect();
+            tls::generate(&procs::tls_dir(&topo), &ips)?;
         }
         procs::start_etcd(&topo)?;
         // External agents come with their own cluster's networks.
@@ -203,17 +204,16 @@ fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     }
 }
 
-/// etcd's gRPC requests so far, by method (`grpc_server_started_total` from
-/// its /metrics, read inside its namespace).
-pub fn etcd_requests(topo: &Topology) -> Result<std::collections::BTreeMap<String, f64>> {
-    let ns = topo.etcd_ns();
-    let text = std::thread::scope(|s| {
+/// etcd member `m`'s /metrics, read inside its namespace.
+pub fn etcd_metrics(topo: &Topology, m: u32) -> Result<String> {
+    let ns = topo.etcd_ns_of(m);
+    std::thread::scope(|s| {
         s.spawn(|| -> Result<String> {
             use std::io::{Read, Write};
             netfab::netns::enter(&ns)?;
             let addr = procs::ETCD_METRICS.trim_start_matches("http://");
             let mut c = std::net::TcpStream::connect(addr)
-                .with_context(|| format!("connecting to etcd's metrics at {addr}"))?;
+                .with_context(|| format!("connecting to etcd's metrics at {addr} in {ns}"))?;
             c.set_read_timeout(Some(Duration::from_secs(5)))?;
             write!(
                 c,
@@ -225,24 +225,41 @@ pub fn etcd_requests(topo: &Topology) -> Result<std::collections::BTreeMap<Strin
         })
         .join()
         .expect("metrics thread")
-    })?;
+    })
+}
+
+/// etcd's gRPC requests so far, by method (`grpc_server_started_total`
+/// from every live member's /metrics).
+pub fn etcd_requests(topo: &Topology) -> Result<std::collections::BTreeMap<String, f64>> {
     let mut by = std::collections::BTreeMap::new();
-    for l in text
-        .lines()
-        .filter(|l| l.starts_with("grpc_server_started_total{"))
-    {
-        let method = l
-            .split("grpc_method=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("?");
-        let v: f64 = l.rsplit(' ').next().unwrap_or("0").parse().unwrap_or(0.0);
-        *by.entry(method.to_string()).or_insert(0.0) += v;
+    for m in topo.etcd_members() {
+        let Ok(text) = etcd_metrics(topo, m) else {
+            continue;
+        };
+        for l in text
+            .lines()
+            .filter(|l| l.starts_with("grpc_server_started_total{"))
+        {
+            let method = l
+                .split("grpc_method=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?");
+            let v: f64 = l.rsplit(' ').next().unwrap_or("0").parse().unwrap_or(0.0);
+            *by.entry(method.to_string()).or_insert(0.0) += v;
+        }
     }
     if by.is_empty() {
         bail!("no grpc_server_started_total in etcd's /metrics");
     }
     Ok(by)
+}
+
+/// The member that leads the etcd cluster now, if one does.
+pub fn etcd_leader(topo: &Topology) -> Option<u32> {
+    topo.etcd_members().find(|&m| {
+        etcd_metrics(topo, m).is_ok_and(|t| t.lines().any(|l| l == "etcd_server_is_leader 1"))
+    })
 }
 
 /// Runs the netfab CLI against the lab's etcd (from inside etcd's namespace).
@@ -276,6 +293,11 @@ pub fn etcdctl(topo: &Topology, args: &[&str]) -> Result<String> {
 /// As [`etcdctl`], with `input` on standard input (say, a large value for
 /// `put`).
 pub fn etcdctl_with_input(topo: &Topology, args: &[&str], input: Option<&[u8]>) -> Result<String> {
+    etcdctl_at(topo, 1, args, input)
+}
+
+/// etcdctl run in member `m`'s namespace, against that member.
+pub fn etcdctl_at(topo: &Topology, m: u32, args: &[&str], input: Option<&[u8]>) -> Result<String> {
     let url = topo.etcd_local_url();
     let mut a: Vec<String> = vec!["--endpoints".into(), url];
     if topo.etcd_tls {
@@ -291,7 +313,7 @@ pub fn etcdctl_with_input(topo: &Topology, args: &[&str], input: Option<&[u8]>) 
     }
     a.extend(args.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-    sh::in_ns_with_input(&topo.etcd_ns(), "etcdctl", &refs, input)
+    sh::in_ns_with_input(&topo.etcd_ns_of(m), "etcdctl", &refs, input)
 }
 
 /// Host `h`'s run directory: what its agent and its CNI plugin share
@@ -379,7 +401,19 @@ pub fn read_status(topo: &Topology, h: u32) -> Option<netfab::rundir::Status> {
 }
 
 pub fn stop_etcd(topo: &Topology) -> Result<()> {
-    procs::stop(&topo.name, "etcd", false)
+    for m in topo.etcd_members() {
+        stop_etcd_member(topo, m, false)?;
+    }
+    Ok(())
+}
+
+/// Stops etcd member `m` (`hard`: SIGKILL).
+pub fn stop_etcd_member(topo: &Topology, m: u32, hard: bool) -> Result<()> {
+    procs::stop(&topo.name, &procs::etcd_name(m), hard)
+}
+
+pub fn start_etcd_member(topo: &Topology, m: u32) -> Result<u32> {
+    procs::start_etcd_member(topo, m)
 }
 
 pub fn start_etcd(topo: &Topology) -> Result<u32> {

@@ -62,6 +62,9 @@ struct LabShape {
     /// Hosts (comma separated) whose agent runs without CAP_BPF/CAP_SYS_ADMIN.
     #[arg(long, value_delimiter = ',')]
     no_bpf_hosts: Vec<u32>,
+    /// etcd members (3 makes a replicated cluster; agents get every member).
+    #[arg(long, default_value_t = 1)]
+    etcd_members: u32,
     /// Direct routing between hosts on one segment.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     direct_routing: bool,
@@ -84,6 +87,10 @@ impl LabShape {
         t.dataplane = self.dataplane;
         t.no_bpf_hosts = self.no_bpf_hosts.clone();
         t.direct_routing = self.direct_routing;
+        if !(1..=5).contains(&self.etcd_members) {
+            anyhow::bail!("--etcd-members must be between 1 and 5");
+        }
+        t.etcd_members = self.etcd_members;
         Ok(t)
     }
 }

@@ -118,7 +118,7 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
         }
         Control::Etcd => {
             cmd.args(tls_client_args(topo));
-            cmd.args(["--etcd-endpoints", &topo.etcd_url()])
+            cmd.args(["--etcd-endpoints", &topo.etcd_endpoints()])
                 .args(["--lease-ttl", &topo.lease_ttl.to_string()])
                 .args(["--lease-grace-secs", &topo.lease_grace.to_string()])
                 .arg("--ipam-dir")
@@ -138,29 +138,72 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
 /// Where etcd serves /metrics, inside its namespace.
 pub const ETCD_METRICS: &str = "http://127.0.0.1:2381";
 
+/// Every etcd member; returns member 1's PID.
 pub fn start_etcd(topo: &Topology) -> Result<u32> {
-    let data = state_dir(&topo.name).join("etcd-data");
+    let mut first = 0;
+    for m in topo.etcd_members() {
+        let pid = start_etcd_member(topo, m)?;
+        if m == 1 {
+            first = pid;
+        }
+    }
+    Ok(first)
+}
+
+/// The lab's process name of etcd member `m`.
+pub fn etcd_name(m: u32) -> String {
+    match m {
+        1 => "etcd".into(),
+        _ => format!("etcd{m}"),
+    }
+}
+
+/// Starts etcd member `m` in its namespace (its data kept across restarts).
+pub fn start_etcd_member(topo: &Topology, m: u32) -> Result<u32> {
+    let name = etcd_name(m);
+    let data = state_dir(&topo.name).join(format!("{name}-data"));
+    // One member talks to nobody: its peer port stays on loopback.
+    let peer = |m: u32| match topo.etcd_members {
+        1 => "http://127.0.0.1:2380".to_string(),
+        _ => format!("http://{}:2380", topo.etcd_ip_of(m)),
+    };
+    let member = |m: u32| match m {
+        1 => "lab".to_string(),
+        _ => format!("lab{m}"),
+    };
+    let cluster = topo
+        .etcd_members()
+        .map(|m| format!("{}={}", member(m), peer(m)))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &topo.etcd_ns(), "etcd", "--name", "lab"])
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "--listen-client-urls",
-            &format!("{},{}", topo.etcd_url(), topo.etcd_local_url()),
-            "--advertise-client-urls",
-            &topo.etcd_url(),
-            "--listen-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "lab=http://127.0.0.1:2380",
-            // Its own counters, plain HTTP inside its namespace.
-            "--listen-metrics-urls",
-            ETCD_METRICS,
-            "--log-level",
-            "warn",
-        ]);
+    cmd.args([
+        "netns",
+        "exec",
+        &topo.etcd_ns_of(m),
+        "etcd",
+        "--name",
+        &member(m),
+    ])
+    .arg("--data-dir")
+    .arg(&data)
+    .args([
+        "--listen-client-urls",
+        &format!("{},{}", topo.etcd_url_of(m), topo.etcd_local_url()),
+        "--advertise-client-urls",
+        &topo.etcd_url_of(m),
+        "--listen-peer-urls",
+        &peer(m),
+        "--initial-advertise-peer-urls",
+        &peer(m),
+        "--initial-cluster",
+        &cluster,
+        // Its own counters, plain HTTP inside its namespace.
+        "--listen-metrics-urls",
+        ETCD_METRICS,
+        "--log-level",
+        "warn",
+    ]);
     if topo.etcd_tls {
         let f = tls::files(&tls_dir(topo));
         cmd.arg("--client-cert-auth")
@@ -171,7 +214,7 @@ pub fn start_etcd(topo: &Topology) -> Result<u32> {
             .arg("--key-file")
             .arg(&f.server_key);
     }
-    spawn(&topo.name, "etcd", cmd)
+    spawn(&topo.name, &name, cmd)
 }
 
 pub fn tls_dir(topo: &Topology) -> PathBuf {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::{sh::run, topology::ETCD_IP};
+use crate::sh::run;
 
 /// openssl req arguments for a fresh P-256 key without a passphrase.
 const NEW_EC_KEY: [&str; 5] = [
@@ -46,7 +46,9 @@ fn new_key_request(extra: &[&str]) -> Result<()> {
     run("openssl", &args).map(|_| ())
 }
 
-pub fn generate(dir: &Path) -> Result<TlsFiles> {
+/// A CA, a server certificate for every address in `server_ips` (and
+/// 127.0.0.1), and a client certificate.
+pub fn generate(dir: &Path, server_ips: &[std::net::Ipv4Addr]) -> Result<TlsFiles> {
     std::fs::create_dir_all(dir)?;
     let f = files(dir);
     let ca_key = dir.join("ca-key.pem");
@@ -100,7 +102,11 @@ pub fn generate(dir: &Path) -> Result<TlsFiles> {
         &f.server_cert,
         &f.server_key,
         &format!(
-            "subjectAltName=IP:{ETCD_IP},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+            "subjectAltName={}IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            server_ips
+                .iter()
+                .map(|ip| format!("IP:{ip},"))
+                .collect::<String>()
         ),
     )?;
     sign(

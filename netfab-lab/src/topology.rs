@@ -104,6 +104,9 @@ pub struct Topology {
     /// `securityContext`, say `NET_ADMIN`), as a container runtime would.
     #[serde(default)]
     pub agent_caps: Option<Vec<String>>,
+    /// etcd members, each in its own namespace on the underlay (1 or 3).
+    #[serde(default = "one")]
+    pub etcd_members: u32,
     /// The lab wires hosts and etcd only: networks, agents and containers
     /// are the caller's (a test acting as operator and kubelet).
     #[serde(default)]
@@ -167,6 +170,7 @@ impl Topology {
             no_bpf_hosts: Vec::new(),
             agent_caps: None,
             external_agents: false,
+            etcd_members: 1,
             direct_routing: true,
             container_mtu: CONTAINER_MTU,
             subnets: Vec::new(),
@@ -191,8 +195,32 @@ impl Topology {
     pub fn underlay_ns(&self) -> String {
         format!("{}-ul", self.name)
     }
+    /// etcd member 1's namespace (the one the lab's clients use).
     pub fn etcd_ns(&self) -> String {
-        format!("{}-etcd", self.name)
+        self.etcd_ns_of(1)
+    }
+    pub fn etcd_ns_of(&self, m: u32) -> String {
+        match m {
+            1 => format!("{}-etcd", self.name),
+            _ => format!("{}-etcd{m}", self.name),
+        }
+    }
+    /// Member `m`'s underlay address: .254, .253, ...
+    pub fn etcd_ip_of(&self, m: u32) -> Ipv4Addr {
+        Ipv4Addr::new(100, 64, 0, 255 - m as u8)
+    }
+    pub fn etcd_members(&self) -> impl Iterator<Item = u32> {
+        1..=self.etcd_members
+    }
+    /// Every member's client URL, comma separated (what agents are given).
+    pub fn etcd_endpoints(&self) -> String {
+        self.etcd_members()
+            .map(|m| self.etcd_url_of(m))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+    pub fn etcd_url_of(&self, m: u32) -> String {
+        format!("{}://{}:2379", self.scheme(), self.etcd_ip_of(m))
     }
     fn scheme(&self) -> &'static str {
         if self.etcd_tls {
@@ -202,7 +230,7 @@ impl Topology {
         }
     }
     pub fn etcd_url(&self) -> String {
-        format!("{}://{ETCD_IP}:2379", self.scheme())
+        self.etcd_url_of(1)
     }
     /// etcd as seen from inside its own namespace.
     pub fn etcd_local_url(&self) -> String {

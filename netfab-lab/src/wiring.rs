@@ -86,7 +86,15 @@ pub fn underlay(topo: &Topology) -> Result<()> {
 }
 
 pub fn etcd_host(topo: &Topology) -> Result<()> {
-    attach_to_underlay(topo, &topo.etcd_ns(), "etcd", 1, topology::ETCD_IP)
+    for m in topo.etcd_members() {
+        let veth = if m == 1 {
+            "etcd".into()
+        } else {
+            format!("etcd{m}")
+        };
+        attach_to_underlay(topo, &topo.etcd_ns_of(m), &veth, 1, topo.etcd_ip_of(m))?;
+    }
+    Ok(())
 }
 
 pub fn host(topo: &Topology, h: u32) -> Result<()> {

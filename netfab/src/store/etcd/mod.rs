@@ -88,7 +88,10 @@ impl EtcdStore {
             // HTTP/2 pings find a dead connection (say, a firewall dropping
             // packets) within seconds; watches would otherwise hang forever.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the leader ends our streams instead of
+            // keeping them open and silent: the session moves on.
+            .with_require_leader(true);
         if let Some(ca) = &cfg.ca {
             let pem = std::fs::read(ca).with_context(|| format!("reading CA {}", ca.display()))?;
             let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(pem));

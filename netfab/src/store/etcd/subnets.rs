@@ -27,6 +27,10 @@ pub struct EtcdSubnets {
     cfg: EtcdConfig,
     keys: Keys,
     s: Option<Session>,
+    /// The member the next session is opened with. One member per session,
+    /// the next one after a failure: the client's own balancing kept
+    /// picking a dead member (found by tests/etcd_cluster.rs).
+    next: usize,
 }
 
 impl EtcdSubnets {
@@ -35,6 +39,7 @@ impl EtcdSubnets {
             keys: Keys::new(&cfg.prefix),
             cfg,
             s: None,
+            next: 0,
         }
     }
 
@@ -79,7 +84,15 @@ impl SubnetStore for EtcdSubnets {
 
     async fn open(&mut self, ttl: i64) -> Result<()> {
         self.s = None;
-        let mut store = EtcdStore::connect(&self.cfg).await?;
+        let n = self.cfg.endpoints.len().max(1);
+        let endpoint = self.cfg.endpoints.get(self.next % n).cloned();
+        // Whatever happens, the session after this one starts elsewhere.
+        self.next = (self.next + 1) % n;
+        let cfg = EtcdConfig {
+            endpoints: endpoint.into_iter().collect(),
+            ..self.cfg.clone()
+        };
+        let mut store = EtcdStore::connect(&cfg).await?;
         let lease = store.grant(ttl).await?;
         let (keeper, keepalive) = store.keep_alive(lease).await?;
         self.s = Some(Session {
