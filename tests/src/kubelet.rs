@@ -466,9 +466,9 @@ impl PodInputs<'_> {
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .process_group(0);
-        let child = cmd.spawn().expect("starting the container");
+        let mut child = cmd.spawn().expect("starting the container");
         let parent = child.id();
-        let pid = wait_for(
+        let pid: i32 = wait_for(
             &format!("container {name} to start"),
             Duration::from_secs(10),
             || {
@@ -478,6 +478,21 @@ impl PodInputs<'_> {
                     .next()?
                     .parse()
                     .ok()
+            },
+        );
+        // Set up until the container's own program runs in place of the
+        // setup shell (what a kubelet reports as started): only then are
+        // its capabilities the container's.
+        let program: String = Path::new(&argv[0])
+            .file_name()
+            .map(|f| f.to_string_lossy().chars().take(15).collect())
+            .unwrap_or_default();
+        wait_for(
+            &format!("container {name} to run {program}"),
+            Duration::from_secs(10),
+            || {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                (comm.trim() == program || child.try_wait().ok().flatten().is_some()).then_some(())
             },
         );
         Container {
