@@ -111,6 +111,14 @@ pub fn cap_mask(names: &[String]) -> u64 {
         .fold(0, |a, b| a | b)
 }
 
+/// setpriv's `--bounding-set` for exactly `caps`.
+fn bounding_set(caps: &[String]) -> String {
+    std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{}", c.to_lowercase())))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Single-quoted for sh.
 fn q(s: impl AsRef<OsStr>) -> String {
     format!("'{}'", s.as_ref().to_string_lossy().replace('\'', r"'\''"))
@@ -423,10 +431,7 @@ impl PodInputs<'_> {
             "a working directory other than / is not played here"
         );
         let caps = self.capabilities(c);
-        let bounding = std::iter::once("-all".to_string())
-            .chain(caps.iter().map(|c| format!("+{}", c.to_lowercase())))
-            .collect::<Vec<_>>()
-            .join(",");
+        let bounding = bounding_set(&caps);
         let dir = self.node.dir.join(format!("container-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
         let script = format!(
@@ -654,10 +659,7 @@ impl Container {
     /// `kubectl exec`: `argv` run inside the container, with its
     /// capabilities.
     pub fn exec(&self, caps: &[String], argv: &[&str]) -> std::process::Output {
-        let bounding = std::iter::once("-all".to_string())
-            .chain(caps.iter().map(|c| format!("+{}", c.to_lowercase())))
-            .collect::<Vec<_>>()
-            .join(",");
+        let bounding = bounding_set(caps);
         let environ = std::fs::read(format!("/proc/{}/environ", self.pid)).unwrap();
         let env = environ
             .split(|b| *b == 0)

@@ -71,21 +71,28 @@ impl Delta {
 
     /// (entries written, entries removed).
     pub fn counts(&self) -> (usize, usize) {
-        let ups = self.endpoints.upserts.len()
-            + self.rate_limits.upserts.len()
-            + self.remote_subnets.upserts.len()
-            + self.known_hosts.upserts.len()
-            + self.networks.upserts.len()
-            + self.guards.upserts.len()
-            + usize::from(self.host_config.is_some())
-            + usize::from(self.settings.is_some());
-        let rms = self.endpoints.removals.len()
-            + self.rate_limits.removals.len()
-            + self.remote_subnets.removals.len()
-            + self.known_hosts.removals.len()
-            + self.networks.removals.len()
-            + self.guards.removals.len();
-        (ups, rms)
+        let sizes = [
+            (self.endpoints.upserts.len(), self.endpoints.removals.len()),
+            (
+                self.rate_limits.upserts.len(),
+                self.rate_limits.removals.len(),
+            ),
+            (
+                self.remote_subnets.upserts.len(),
+                self.remote_subnets.removals.len(),
+            ),
+            (
+                self.known_hosts.upserts.len(),
+                self.known_hosts.removals.len(),
+            ),
+            (self.networks.upserts.len(), self.networks.removals.len()),
+            (self.guards.upserts.len(), self.guards.removals.len()),
+            (usize::from(self.host_config.is_some()), 0),
+            (usize::from(self.settings.is_some()), 0),
+        ];
+        sizes
+            .iter()
+            .fold((0, 0), |(u, r), (du, dr)| (u + du, r + dr))
     }
 }
 
@@ -226,25 +233,13 @@ mod tests {
         s.remotes.push(peer(5001));
         let (after, _) = desired_tables(&s, &links, None, 9);
 
+        let keys = |d: &[(Ipv4Net, RemoteSubnet)]| d.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+        let hosts = |d: &[(Ipv4Addr, KnownHost)]| d.iter().map(|(k, _)| *k).collect::<Vec<_>>();
         let d = Delta::between(&after, &before);
         let new = peer(5001);
         assert_eq!(d.counts(), (2, 0), "{d:?}");
-        assert_eq!(
-            d.remote_subnets
-                .upserts
-                .iter()
-                .map(|(k, _)| *k)
-                .collect::<Vec<_>>(),
-            vec![new.subnet]
-        );
-        assert_eq!(
-            d.known_hosts
-                .upserts
-                .iter()
-                .map(|(k, _)| *k)
-                .collect::<Vec<_>>(),
-            vec![new.underlay_ip]
-        );
+        assert_eq!(keys(&d.remote_subnets.upserts), vec![new.subnet]);
+        assert_eq!(hosts(&d.known_hosts.upserts), vec![new.underlay_ip]);
         // It leaves again: exactly its entries go.
         let d = Delta::between(&before, &after);
         assert_eq!(d.counts(), (0, 2), "{d:?}");
@@ -255,14 +250,7 @@ mod tests {
         moved.remotes[0].underlay_ip = "100.97.0.1".parse().unwrap();
         let (m, _) = desired_tables(&moved, &links, None, 9);
         let d = Delta::between(&m, &after);
-        assert_eq!(
-            d.remote_subnets
-                .upserts
-                .iter()
-                .map(|(k, _)| *k)
-                .collect::<Vec<_>>(),
-            vec![peer(1).subnet]
-        );
+        assert_eq!(keys(&d.remote_subnets.upserts), vec![peer(1).subnet]);
         assert_eq!(d.known_hosts.removals, vec![peer(1).underlay_ip]);
         assert_eq!(d.counts(), (2, 1), "{d:?}");
         assert_eq!(Delta::between(&after, &after).counts(), (0, 0));
