@@ -12,6 +12,7 @@ pub mod bench;
 pub mod chart;
 pub mod cni;
 pub mod demo;
+pub mod fanout;
 pub mod procs;
 pub mod rr;
 pub mod scale;
@@ -93,10 +94,17 @@ fn build(mut topo: Topology, bpf_object: Option<&Path>) -> Result<Topology> {
         say(format!("etcd in {} at {}", topo.etcd_ns(), topo.etcd_url()));
         wiring::etcd_host(&topo)?;
         if topo.etcd_tls {
-            let ips: Vec<_> = topo.etcd_members().map(|m| topo.etcd_ip_of(m)).collect();
-            tls::generate(&procs::tls_dir(&topo), &ips)?;
+            tls::generate(&procs::tls_dir(&topo), &topo.etcd_server_ips())?;
         }
         procs::start_etcd(&topo)?;
+        if topo.etcd_proxy {
+            say(format!(
+                "etcd grpc-proxy in {} at {}",
+                topo.etcd_proxy_ns(),
+                topo.etcd_proxy_url()
+            ));
+            procs::start_etcd_proxy(&topo)?;
+        }
         // External agents come with their own cluster's networks.
         let networks = if topo.external_agents {
             0
@@ -206,26 +214,56 @@ fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
 
 /// etcd member `m`'s /metrics, read inside its namespace.
 pub fn etcd_metrics(topo: &Topology, m: u32) -> Result<String> {
-    let ns = topo.etcd_ns_of(m);
+    metrics_in(&topo.etcd_ns_of(m))
+}
+
+/// GET /metrics from [`procs::ETCD_METRICS`] inside namespace `ns`.
+fn metrics_in(ns: &str) -> Result<String> {
     std::thread::scope(|s| {
         s.spawn(|| -> Result<String> {
             use std::io::{Read, Write};
-            netfab::netns::enter(&ns)?;
+            netfab::netns::enter(ns)?;
             let addr = procs::ETCD_METRICS.trim_start_matches("http://");
             let mut c = std::net::TcpStream::connect(addr)
                 .with_context(|| format!("connecting to etcd's metrics at {addr} in {ns}"))?;
             c.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(
-                c,
-                "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-            )?;
+            // HTTP/1.0: the body comes whole, not in chunks whose size
+            // lines would land in the middle of a sample.
+            write!(c, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
             let mut text = String::new();
             c.read_to_string(&mut text)?;
-            Ok(text)
+            let (head, body) = text
+                .split_once("\r\n\r\n")
+                .with_context(|| format!("no HTTP response from etcd's metrics in {ns}"))?;
+            if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
+                bail!(
+                    "etcd's metrics in {ns} answered {}",
+                    head.lines().next().unwrap_or("")
+                );
+            }
+            Ok(body.to_string())
         })
         .join()
         .expect("metrics thread")
     })
+}
+
+/// The sum of every sample of metric `name` (all label sets) in a
+/// Prometheus text exposition; None when it has no sample.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = l.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
 }
 
 /// etcd's gRPC requests so far, by method (`grpc_server_started_total`
@@ -369,16 +407,21 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
     procs::start_agent(topo, h, bpf_object)
 }
 
-/// Stops host `h`'s agent (the PID this lab recorded, nothing else).
 /// The PID of host `h`'s running agent, if any.
 pub fn agent_pid(name: &str, h: u32) -> Option<i32> {
-    std::fs::read_to_string(procs::pid_file(name, &procs::agent_name(h)))
+    pid_of(name, &procs::agent_name(h))
+}
+
+/// The PID the lab recorded for its process `proc_name`, if any.
+pub fn pid_of(name: &str, proc_name: &str) -> Option<i32> {
+    std::fs::read_to_string(procs::pid_file(name, proc_name))
         .ok()?
         .trim()
         .parse()
         .ok()
 }
 
+/// Stops host `h`'s agent (the PID this lab recorded, nothing else).
 pub fn stop_agent(name: &str, h: u32, hard: bool) -> Result<()> {
     procs::stop(name, &procs::agent_name(h), hard)?;
     // A new agent's first status must not be mistaken for this one's.
@@ -418,6 +461,15 @@ pub fn start_etcd_member(topo: &Topology, m: u32) -> Result<u32> {
 
 pub fn start_etcd(topo: &Topology) -> Result<u32> {
     procs::start_etcd(topo)
+}
+
+/// Stops the grpc-proxy (`hard`: SIGKILL).
+pub fn stop_etcd_proxy(topo: &Topology, hard: bool) -> Result<()> {
+    procs::stop(&topo.name, procs::ETCD_PROXY, hard)
+}
+
+pub fn start_etcd_proxy(topo: &Topology) -> Result<u32> {
+    procs::start_etcd_proxy(topo)
 }
 
 /// Waits until agent `h` has filled its maps with every local container and
@@ -509,5 +561,23 @@ pub fn down(name: &str) -> Result<()> {
         Ok(())
     } else {
         bail!("lab down incomplete: {}", errors.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_sum;
+
+    #[test]
+    fn metric_sum_adds_every_label_set_of_exactly_that_name() {
+        let text = "# HELP x_total help\n\
+                    x_total{a=\"1\"} 2\n\
+                    x_total{a=\"2\"} 3.5\n\
+                    x_total_other 100\n\
+                    y 7\n";
+        assert_eq!(metric_sum(text, "x_total"), Some(5.5));
+        assert_eq!(metric_sum(text, "y"), Some(7.0));
+        assert_eq!(metric_sum(text, "x"), None);
+        assert_eq!(metric_sum(text, "z"), None);
     }
 }

@@ -65,6 +65,10 @@ struct LabShape {
     /// etcd members (3 makes a replicated cluster; agents get every member).
     #[arg(long, default_value_t = 1)]
     etcd_members: u32,
+    /// Start an `etcd grpc-proxy` and give agents only the proxy: it
+    /// coalesces their identical watches into one on the members.
+    #[arg(long)]
+    etcd_proxy: bool,
     /// Direct routing between hosts on one segment.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     direct_routing: bool,
@@ -91,6 +95,7 @@ impl LabShape {
             anyhow::bail!("--etcd-members must be between 1 and 5");
         }
         t.etcd_members = self.etcd_members;
+        t.etcd_proxy = self.etcd_proxy;
         Ok(t)
     }
 }
@@ -99,6 +104,7 @@ impl LabShape {
 enum BenchPart {
     Datapath,
     Scale,
+    Fanout,
 }
 
 #[derive(Subcommand)]
@@ -126,8 +132,10 @@ enum LabCmd {
     /// and the control plane with thousands of simulated hosts.
     Bench {
         /// What to measure: `datapath` (iperf3 and request/response over
-        /// every path), `scale` (one agent, N simulated hosts in etcd).
-        #[arg(long, value_delimiter = ',', default_value = "datapath,scale")]
+        /// every path), `scale` (one agent, N simulated hosts in etcd),
+        /// `fanout` (what K agents' watches cost the etcd members, with
+        /// and without an etcd grpc-proxy).
+        #[arg(long, value_delimiter = ',', default_value = "datapath,scale,fanout")]
         what: Vec<BenchPart>,
         /// Simulated host counts for the scale bench.
         #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
@@ -135,6 +143,15 @@ enum LabCmd {
         /// Seconds the idle agent is watched at each scale size.
         #[arg(long, default_value_t = 60)]
         idle_secs: u32,
+        /// Real agents (lab hosts) in the fan-out bench.
+        #[arg(long, default_value_t = 8)]
+        fanout_agents: u32,
+        /// etcd members in the fan-out bench.
+        #[arg(long, default_value_t = 3)]
+        fanout_members: u32,
+        /// Leases written, one by one, in the fan-out bench.
+        #[arg(long, default_value_t = 100)]
+        fanout_leases: u32,
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
         secs: u32,
@@ -193,6 +210,9 @@ fn run(cmd: LabCmd) -> Result<()> {
             what,
             scale_hosts,
             idle_secs,
+            fanout_agents,
+            fanout_members,
+            fanout_leases,
             secs,
             rr_secs,
             reps,
@@ -205,6 +225,15 @@ fn run(cmd: LabCmd) -> Result<()> {
             if what.contains(&BenchPart::Scale) {
                 let idle = std::time::Duration::from_secs(idle_secs.into());
                 lab::scale::run(&scale_hosts, idle, bpf_object.as_deref(), &out)?;
+            }
+            if what.contains(&BenchPart::Fanout) {
+                lab::fanout::run(
+                    fanout_agents,
+                    fanout_members,
+                    fanout_leases,
+                    bpf_object.as_deref(),
+                    &out,
+                )?;
             }
             Ok(())
         }

@@ -25,8 +25,8 @@ use serde::Serialize;
 use crate::{say, topology::Topology};
 
 /// The network the simulated hosts lease in: room for 16,384 /24s.
-const NET: &str = "scale";
-const CIDR: &str = "10.128.0.0/10";
+pub(crate) const NET: &str = "scale";
+pub(crate) const CIDR: &str = "10.128.0.0/10";
 /// etcd's default limit of operations per transaction.
 const TXN_OPS: usize = 128;
 /// One-more-lease samples per size.
@@ -50,7 +50,7 @@ pub struct ScaleResult {
     pub etcd_per_min: BTreeMap<String, f64>,
 }
 
-fn subnet(i: u32) -> Ipv4Net {
+pub(crate) fn subnet(i: u32) -> Ipv4Net {
     let base = u32::from(Ipv4Addr::new(10, 128, 0, 0));
     Ipv4Net::new(Ipv4Addr::from(base + (i << 8)), 24).expect("a /24")
 }
@@ -60,7 +60,7 @@ fn underlay(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 96, 0, 0)) + i + 1)
 }
 
-fn lease_value(i: u32) -> Vec<u8> {
+pub(crate) fn lease_value(i: u32) -> Vec<u8> {
     let ip = underlay(i);
     serde_json::to_vec(&SubnetLease {
         node: format!("sim-{i}"),
@@ -73,7 +73,7 @@ fn lease_value(i: u32) -> Vec<u8> {
 }
 
 /// Writes the leases of simulated hosts `ids` in transactions of TXN_OPS.
-async fn write_leases(client: &mut Client, keys: &Keys, ids: &[u32]) -> Result<()> {
+pub(crate) async fn write_leases(client: &mut Client, keys: &Keys, ids: &[u32]) -> Result<()> {
     for chunk in ids.chunks(TXN_OPS) {
         let ops: Vec<TxnOp> = chunk
             .iter()
@@ -88,7 +88,7 @@ async fn write_leases(client: &mut Client, keys: &Keys, ids: &[u32]) -> Result<(
 }
 
 /// Whether simulated host `i`'s subnet is in the map, pointing at it.
-fn programmed(maps: &BpfMaps, i: u32) -> bool {
+pub(crate) fn programmed(maps: &BpfMaps, i: u32) -> bool {
     maps.remote_subnet(subnet(i))
         .ok()
         .flatten()
@@ -105,7 +105,7 @@ fn cpu_secs(pid: i32) -> Result<f64> {
     Ok((f[11].parse::<f64>()? + f[12].parse::<f64>()?) / hz)
 }
 
-fn rss_mb(pid: i32) -> Result<f64> {
+pub(crate) fn rss_mb(pid: i32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
         .lines()
@@ -118,7 +118,11 @@ fn rss_mb(pid: i32) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
-fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+pub(crate) fn wait<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {

@@ -1,6 +1,8 @@
 //! A throw-away PKI for the lab's etcd with TLS: a CA, a server certificate
 //! for etcd's addresses (also valid as a client certificate: etcd 3.4's
-//! internal gateway dials itself with it) and one client certificate.
+//! internal gateway dials itself with it), one client certificate, and one
+//! for a grpc-proxy to reach the members with (etcd requires that one's
+//! Common Name be empty).
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -22,6 +24,8 @@ pub struct TlsFiles {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    pub proxy_cert: PathBuf,
+    pub proxy_key: PathBuf,
 }
 
 pub fn files(dir: &Path) -> TlsFiles {
@@ -31,6 +35,8 @@ pub fn files(dir: &Path) -> TlsFiles {
         server_key: dir.join("server-key.pem"),
         client_cert: dir.join("client.pem"),
         client_key: dir.join("client-key.pem"),
+        proxy_cert: dir.join("proxy.pem"),
+        proxy_key: dir.join("proxy-key.pem"),
     }
 }
 
@@ -63,18 +69,12 @@ pub fn generate(dir: &Path, server_ips: &[std::net::Ipv4Addr]) -> Result<TlsFile
         "-subj",
         "/CN=netfab-lab-ca",
     ])?;
-    let sign = |cn: &str, cert: &Path, key: &Path, ext: &str| -> Result<()> {
-        let csr = dir.join(format!("{cn}.csr"));
-        let extfile = dir.join(format!("{cn}.ext"));
+    // `stem` names the request files; `subj` is the certificate's subject.
+    let sign = |stem: &str, subj: &str, cert: &Path, key: &Path, ext: &str| -> Result<()> {
+        let csr = dir.join(format!("{stem}.csr"));
+        let extfile = dir.join(format!("{stem}.ext"));
         std::fs::write(&extfile, ext)?;
-        new_key_request(&[
-            "-keyout",
-            s(key),
-            "-out",
-            s(&csr),
-            "-subj",
-            &format!("/CN={cn}"),
-        ])?;
+        new_key_request(&["-keyout", s(key), "-out", s(&csr), "-subj", subj])?;
         run(
             "openssl",
             &[
@@ -99,6 +99,7 @@ pub fn generate(dir: &Path, server_ips: &[std::net::Ipv4Addr]) -> Result<TlsFile
     };
     sign(
         "etcd",
+        "/CN=etcd",
         &f.server_cert,
         &f.server_key,
         &format!(
@@ -111,8 +112,16 @@ pub fn generate(dir: &Path, server_ips: &[std::net::Ipv4Addr]) -> Result<TlsFile
     )?;
     sign(
         "netfab",
+        "/CN=netfab",
         &f.client_cert,
         &f.client_key,
+        "extendedKeyUsage=clientAuth\n",
+    )?;
+    sign(
+        "proxy",
+        "/O=netfab-lab/OU=etcd-grpc-proxy",
+        &f.proxy_cert,
+        &f.proxy_key,
         "extendedKeyUsage=clientAuth\n",
     )?;
     Ok(f)

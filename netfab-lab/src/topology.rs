@@ -2,7 +2,9 @@
 //! from 1.
 //!
 //!   underlay   100.64.0.0/24 on bridge br0 in namespace <name>-ul
-//!   etcd       namespace <name>-etcd, 100.64.0.254 (etcd mode)
+//!   etcd       namespace <name>-etcd, 100.64.0.254 (etcd mode); member m
+//!              of a cluster in <name>-etcd<m> at .(255-m)
+//!   proxy      `etcd grpc-proxy` in namespace <name>-etcdp, 100.64.0.249
 //!   host h     namespace <name>-h<h>, eth0 = 100.64.0.<h>
 //!   network n  "default" (n = 1) or "net<n>", CIDR 10.<243+n>.0.0/16, VNI n
 //!   container  namespace <name>-h<h>-c<c>, in network ((c-1) mod N) + 1,
@@ -33,6 +35,8 @@ pub use netfab::addr::GATEWAY_MAC;
 pub const UNDERLAY_MTU: u32 = 1500;
 pub const CONTAINER_MTU: u32 = UNDERLAY_MTU - netfab::netlink::VXLAN_OVERHEAD;
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 254);
+/// Below every member's address (.254 down to .250).
+pub const ETCD_PROXY_IP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 249);
 /// "The outside world": an address outside every cluster network, held by
 /// the underlay namespace (RFC 2544 benchmarking range, never routed beyond
 /// the lab's namespaces).
@@ -107,6 +111,10 @@ pub struct Topology {
     /// etcd members, each in its own namespace on the underlay (1 or 3).
     #[serde(default = "one")]
     pub etcd_members: u32,
+    /// An `etcd grpc-proxy` in front of the members; agents are given only
+    /// the proxy, which coalesces their identical watches.
+    #[serde(default)]
+    pub etcd_proxy: bool,
     /// The lab wires hosts and etcd only: networks, agents and containers
     /// are the caller's (a test acting as operator and kubelet).
     #[serde(default)]
@@ -171,6 +179,7 @@ impl Topology {
             agent_caps: None,
             external_agents: false,
             etcd_members: 1,
+            etcd_proxy: false,
             direct_routing: true,
             container_mtu: CONTAINER_MTU,
             subnets: Vec::new(),
@@ -218,6 +227,29 @@ impl Topology {
             .map(|m| self.etcd_url_of(m))
             .collect::<Vec<_>>()
             .join(",")
+    }
+    /// What agents are given: the proxy when there is one, else every member.
+    pub fn agent_endpoints(&self) -> String {
+        if self.etcd_proxy {
+            self.etcd_proxy_url()
+        } else {
+            self.etcd_endpoints()
+        }
+    }
+    pub fn etcd_proxy_ns(&self) -> String {
+        format!("{}-etcdp", self.name)
+    }
+    pub fn etcd_proxy_url(&self) -> String {
+        format!("{}://{ETCD_PROXY_IP}:2379", self.scheme())
+    }
+    /// Addresses etcd's server certificate must name: every member's, and
+    /// the proxy's (it serves with the same certificate).
+    pub fn etcd_server_ips(&self) -> Vec<Ipv4Addr> {
+        let mut ips: Vec<_> = self.etcd_members().map(|m| self.etcd_ip_of(m)).collect();
+        if self.etcd_proxy {
+            ips.push(ETCD_PROXY_IP);
+        }
+        ips
     }
     pub fn etcd_url_of(&self, m: u32) -> String {
         format!("{}://{}:2379", self.scheme(), self.etcd_ip_of(m))

@@ -94,6 +94,15 @@ pub fn etcd_host(topo: &Topology) -> Result<()> {
         };
         attach_to_underlay(topo, &topo.etcd_ns_of(m), &veth, 1, topo.etcd_ip_of(m))?;
     }
+    if topo.etcd_proxy {
+        attach_to_underlay(
+            topo,
+            &topo.etcd_proxy_ns(),
+            "etcdp",
+            1,
+            crate::topology::ETCD_PROXY_IP,
+        )?;
+    }
     Ok(())
 }
 

@@ -134,3 +134,62 @@ fn scale_bench_programs_the_simulated_hosts_and_reports() {
     );
     let _ = std::fs::remove_dir_all(out_dir);
 }
+
+/// The fan-out bench runs both modes: agents given the members, then the
+/// same agents behind an etcd grpc-proxy. The members' own counters show
+/// the coalescing: one watch stream's worth of events per lease instead of
+/// one per agent.
+#[test]
+fn fanout_bench_shows_the_grpc_proxy_coalescing_the_agents_watches() {
+    require_privileges!();
+    let out_dir = std::env::temp_dir().join(format!("netfab-fanout-{}", std::process::id()));
+    let out = Command::new(lab::lab_binary().unwrap())
+        .args([
+            "bench",
+            "--what",
+            "fanout",
+            "--fanout-agents",
+            "4",
+            "--fanout-members",
+            "1",
+            "--fanout-leases",
+            "20",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("fanout.json")).unwrap()).unwrap();
+    let rows = json.as_array().unwrap();
+    let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["direct", "grpc-proxy"]);
+    let f = |r: usize, k: &str| rows[r][k].as_f64().unwrap_or_else(|| panic!("{k}"));
+    // Direct: every agent's watch gets every lease.
+    assert_eq!(f(0, "member_watch_streams"), 4.0, "{json}");
+    assert!(f(0, "member_events_per_lease") >= 4.0, "{json}");
+    // Behind the proxy: the members serve the proxy, not the agents.
+    assert!(f(1, "member_watch_streams") <= 2.0, "{json}");
+    assert!(
+        f(1, "member_events_per_lease") <= 1.5,
+        "the proxy did not coalesce: {json}"
+    );
+    assert!(f(1, "member_bytes_per_lease") < f(0, "member_bytes_per_lease"));
+    assert!(f(1, "proxy_rss_mb") > 0.0);
+    for r in 0..2 {
+        assert!(f(r, "all_programmed_ms") > 0.0);
+    }
+    let table = std::fs::read_to_string(out_dir.join("fanout.md")).unwrap();
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("| ")).count(),
+        3,
+        "{table}"
+    );
+    assert!(
+        !std::path::Path::new("/run/netns/fanout-ul").exists(),
+        "lab removed"
+    );
+    let _ = std::fs::remove_dir_all(out_dir);
+}
