@@ -21,8 +21,9 @@ pub mod maps {
     pub const SETTINGS: &str = "NF_SETTINGS";
     pub const RATE_LIMITS: &str = "NF_RATE_LIMITS";
     pub const RATE_STATE: &str = "NF_RATE_STATE";
+    pub const ENCAP: &str = "NF_ENCAP";
     /// Every map user space pins and adopts across restarts.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         ENDPOINTS,
         REMOTE_SUBNETS,
         KNOWN_HOSTS,
@@ -34,6 +35,7 @@ pub mod maps {
         SETTINGS,
         RATE_LIMITS,
         RATE_STATE,
+        ENCAP,
     ];
 }
 
@@ -187,6 +189,28 @@ pub struct HostConfig {
 const _: () = assert!(size_of::<HostConfig>() == 16);
 
 /// Packets and bytes, per CPU, per [`Direction`].
+/// Native VXLAN encapsulation (NF_ENCAP, one entry): the outer headers the
+/// datapath builds itself instead of handing frames to the VXLAN device. A
+/// map of its own, so an upgraded datapath adopts the older pinned maps as
+/// they are.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct EncapConfig {
+    /// This host's underlay IPv4, network order: the outer source.
+    pub underlay_ip: u32,
+    /// The VXLAN UDP port, network order.
+    pub port: u16,
+    pub flags: u16,
+    /// Outer UDP source ports are picked in [min, max) from the flow hash,
+    /// as the kernel's VXLAN device does (host order).
+    pub src_port_min: u16,
+    pub src_port_max: u16,
+}
+const _: () = assert!(size_of::<EncapConfig>() == 12);
+
+/// Build the outer headers in the datapath (else: the VXLAN device).
+pub const ENCAP_F_NATIVE: u16 = 1;
+
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub struct TrafficCounter {
@@ -337,6 +361,8 @@ mod pod {
     unsafe impl aya::Pod for super::NetworkInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HostConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EncapConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TrafficCounter {}
     // SAFETY: as above.

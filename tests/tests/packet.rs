@@ -15,9 +15,12 @@ use netfab::dataplane::ebpf::{
     object,
     tables::Tables,
 };
-use netfab_common::{Endpoint, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, REMOTE_F_DIRECT};
+use netfab_common::{
+    EncapConfig, Endpoint, HostConfig, KnownHost, NetworkInfo, RemoteSubnet, ENCAP_F_NATIVE,
+    REMOTE_F_DIRECT,
+};
 use netfab_tests::{
-    frames::{checksum, ethernet, ipv4_icmp, ETH_P_ARP, ETH_P_IP},
+    frames::{checksum, ethernet, ipv4_icmp, ipv4_udp, ETH_P_ARP, ETH_P_IP},
     require_privileges,
 };
 
@@ -314,4 +317,146 @@ fn direct_peers_are_routed_without_encapsulation_both_ways() {
     assert_eq!(dp.run("from_underlay", &sneaky).0, TC_ACT_SHOT);
     let (_, drops) = delta(&before, &dp.counters());
     assert_eq!(drops, vec![("not_direct_peer", 1)]);
+}
+
+const VXLAN_PORT: u16 = 4789;
+const PORT_MIN: u16 = 32768;
+const PORT_MAX: u16 = 61000;
+
+/// The test datapath with native VXLAN switched on, this host at 100.64.0.1.
+fn native() -> TestDatapath {
+    let mut dp = TestDatapath::load();
+    let mut t = tables();
+    t.encap = EncapConfig {
+        underlay_ip: u32::from_ne_bytes([100, 64, 0, 1]),
+        port: VXLAN_PORT.to_be(),
+        flags: ENCAP_F_NATIVE,
+        src_port_min: PORT_MIN,
+        src_port_max: PORT_MAX,
+    };
+    dp.maps.apply(&t, None).unwrap();
+    dp
+}
+
+fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+
+/// Native VXLAN: the frame leaves with the headers the kernel's VXLAN
+/// device writes (RFC 7348), and the inner frame is what the device path
+/// would have carried: the hop's TTL and checksum, the VTEP MACs, nothing
+/// else.
+#[test]
+fn native_encapsulation_writes_the_kernel_devices_headers() {
+    require_privileges!();
+    let mut dp = native();
+    let before = dp.counters();
+    let frame = icmp_frame("10.0.0.2", "10.0.1.9", 64);
+    let (verdict, out) = dp.run("from_container", &frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out.len(),
+        frame.len() + 50,
+        "outer IPv4 + UDP + VXLAN + Ethernet"
+    );
+    assert_eq!(be16(&out[12..14]), ETH_P_IP);
+    let (ip, udp, vx, eth, inner) = (
+        &out[14..34],
+        &out[34..42],
+        &out[42..50],
+        &out[50..64],
+        &out[64..],
+    );
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(ip[1], 0, "no DSCP, inner ECN not-ECT");
+    assert_eq!(
+        be16(&ip[2..4]) as usize,
+        frame.len() + 36,
+        "outer total length"
+    );
+    assert_eq!(be16(&ip[6..8]), 0, "DF clear, not a fragment");
+    assert_eq!(ip[8], 64, "outer TTL");
+    assert_eq!(ip[9], 17, "UDP");
+    assert_eq!(checksum(ip), 0, "outer header checksum");
+    assert_eq!(
+        &ip[12..16],
+        &[100, 64, 0, 1],
+        "from this host's underlay address"
+    );
+    assert_eq!(&ip[16..20], &[100, 64, 0, 2], "to the subnet's host");
+    let sport = be16(&udp[0..2]);
+    assert!((PORT_MIN..PORT_MAX).contains(&sport), "source port {sport}");
+    assert_eq!(be16(&udp[2..4]), VXLAN_PORT);
+    assert_eq!(be16(&udp[4..6]) as usize, frame.len() + 16, "UDP length");
+    assert_eq!(be16(&udp[6..8]), 0, "outer UDP checksum off");
+    assert_eq!(vx, &[0x08, 0, 0, 0, 0, 0, VNI as u8, 0], "flags and VNI");
+    assert_eq!(
+        &eth[0..6],
+        &VTEP_REMOTE,
+        "inner destination: the remote VTEP"
+    );
+    assert_eq!(&eth[6..12], &VTEP_LOCAL, "inner source: our VTEP");
+    assert_eq!(be16(&eth[12..14]), ETH_P_IP);
+    assert_eq!(inner[8], 63, "inner TTL decremented once");
+    assert_eq!(checksum(&inner[0..20]), 0, "inner checksum still valid");
+    let mut expected = frame[14..].to_vec();
+    expected[8] = 63;
+    expected[10..12].copy_from_slice(&inner[10..12]);
+    assert_eq!(inner, &expected[..], "inner packet otherwise untouched");
+    let (traffic, drops) = delta(&before, &dp.counters());
+    assert_eq!(traffic, vec![("to_overlay", 1)]);
+    assert!(drops.is_empty(), "{drops:?}");
+}
+
+/// ECN crosses the tunnel as the kernel carries it: copied to the outer
+/// header, except CE, which becomes ECT(0); the DSCP stays inside.
+#[test]
+fn native_encapsulation_carries_ecn_as_the_kernel_does() {
+    require_privileges!();
+    let mut dp = native();
+    for (tos, outer) in [(0x00, 0x00), (0xb8 | 1, 1), (2, 2), (0x28 | 3, 2)] {
+        let mut frame = icmp_frame("10.0.0.2", "10.0.1.9", 64);
+        frame[15] = tos;
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let c = checksum(&frame[14..34]);
+        frame[24..26].copy_from_slice(&c.to_be_bytes());
+        let (verdict, out) = dp.run("from_container", &frame);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out[15], outer, "outer TOS for inner {tos:#x}");
+        assert_eq!(out[64 + 1], tos, "inner TOS kept");
+    }
+}
+
+/// The outer source port comes from the flow: one flow keeps its port,
+/// different flows spread over the range (ECMP and RSS entropy).
+#[test]
+fn native_encapsulation_picks_the_source_port_by_flow() {
+    require_privileges!();
+    let mut dp = native();
+    let udp = |sport: u16| {
+        ethernet(
+            GW_MAC,
+            A_MAC,
+            ETH_P_IP,
+            &ipv4_udp(ip("10.0.0.2"), ip("10.0.1.9"), sport, 5201, b"flow"),
+        )
+    };
+    let port_of = |dp: &mut TestDatapath, sport: u16| {
+        let (verdict, out) = dp.run("from_container", &udp(sport));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        be16(&out[34..36])
+    };
+    let first = port_of(&mut dp, 40000);
+    assert_eq!(port_of(&mut dp, 40000), first, "one flow, one port");
+    let ports: std::collections::BTreeSet<u16> =
+        (40000..40016).map(|s| port_of(&mut dp, s)).collect();
+    assert!(
+        ports.iter().all(|p| (PORT_MIN..PORT_MAX).contains(p)),
+        "{ports:?}"
+    );
+    assert!(
+        ports.len() >= 12,
+        "16 flows got only {} ports: {ports:?}",
+        ports.len()
+    );
 }

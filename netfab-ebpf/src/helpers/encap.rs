@@ -1,5 +1,6 @@
-//! VXLAN by tunnel key towards remote hosts: the collect-metadata VXLAN
-//! device adds the outer headers.
+//! VXLAN towards remote hosts: built here (`native_encap`) where this host
+//! is set up for it, else by tunnel key, the collect-metadata VXLAN device
+//! adding the outer headers.
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
@@ -7,11 +8,12 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
-use netfab_common::{Direction, DropReason, RemoteSubnet};
+use netfab_common::{Direction, DropReason, RemoteSubnet, ENCAP_F_NATIVE};
 
 use super::{
     counters::{count, drop_with, to_stack, Verdict},
-    maps::HOST_CONFIG,
+    maps::{ENCAP, HOST_CONFIG},
+    native_encap,
     packet::Ipv4Frame,
 };
 
@@ -20,8 +22,9 @@ use super::{
 const BPF_F_ZERO_CSUM_TX: u64 = 1 << 1;
 const TUNNEL_TTL: u8 = 64;
 
-/// Sets the tunnel key and hands the frame to the collect-metadata VXLAN
-/// device, which adds the outer headers.
+/// Encapsulates natively where enabled; otherwise sets the tunnel key and
+/// hands the frame to the collect-metadata VXLAN device, which adds the
+/// outer headers.
 #[inline(always)]
 pub fn to_overlay(
     ctx: &TcContext,
@@ -36,7 +39,16 @@ pub fn to_overlay(
         return Ok(to_stack(ctx));
     }
     frame.decrement_ttl()?;
+    // The inner addresses either way: the device path sends the frame as it
+    // is; the native one writes the same into its inner Ethernet header.
     frame.set_macs(&cfg.vxlan_mac, &remote.vtep_mac);
+    if let Some(enc) = ENCAP.get(0) {
+        if enc.flags & ENCAP_F_NATIVE != 0 && cfg.underlay_ifindex != 0 {
+            if let Some(v) = native_encap::to_overlay(ctx, frame.tos(), remote, cfg, enc) {
+                return v;
+            }
+        }
+    }
     set_key(ctx, remote)?;
     count(Direction::ToOverlay, ctx.len());
     // SAFETY: plain helper call with scalar arguments.

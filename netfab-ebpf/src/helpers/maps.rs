@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use netfab_common::{
-    Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RateLimit, RateState, RemoteSubnet,
-    Settings, TrafficCounter, MAX_ENDPOINTS, MAX_GUARDS, MAX_HOSTS, MAX_NETWORKS,
+    EncapConfig, Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RateLimit, RateState,
+    RemoteSubnet, Settings, TrafficCounter, MAX_ENDPOINTS, MAX_GUARDS, MAX_HOSTS, MAX_NETWORKS,
     MAX_REMOTE_SUBNETS,
 };
 
@@ -28,6 +28,10 @@ pub static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::pinned(MAX_NETWORKS, 0
 
 #[map(name = "NF_HOST_CONFIG")]
 pub static HOST_CONFIG: Array<HostConfig> = Array::pinned(1, 0);
+
+/// Native VXLAN settings; all zero (the device path) until the agent writes.
+#[map(name = "NF_ENCAP")]
+pub static ENCAP: Array<EncapConfig> = Array::pinned(1, 0);
 
 #[map(name = "NF_TRAFFIC")]
 pub static TRAFFIC: PerCpuArray<TrafficCounter> =

@@ -7,5 +7,6 @@ pub mod encap;
 pub mod endpoint;
 pub mod guard;
 pub mod maps;
+pub mod native_encap;
 pub mod packet;
 pub mod rate;

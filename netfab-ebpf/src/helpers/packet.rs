@@ -105,6 +105,13 @@ impl Ipv4Frame {
         Some((proto, port))
     }
 
+    /// The TOS byte (DSCP and ECN).
+    #[inline(always)]
+    pub fn tos(&self) -> u8 {
+        // SAFETY: the header was bounds-checked in `parse`.
+        unsafe { (*self.ip).tos }
+    }
+
     #[inline(always)]
     pub fn daddr(&self) -> u32 {
         // SAFETY: as above.

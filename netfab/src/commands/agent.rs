@@ -8,6 +8,7 @@ use netfab::{
     agent::{self, fabric, statefile::StateFile, status, LoopConfig},
     dataplane::{
         ebpf::object,
+        kind::VxlanEncap,
         select::{self, Choice},
         Dataplane,
     },
@@ -75,6 +76,11 @@ pub struct AgentArgs {
     /// Log every datapath drop (the per-reason counters always count).
     #[arg(long)]
     log_drops: bool,
+    /// eBPF dataplane: build VXLAN headers in the datapath and send frames
+    /// straight out of the underlay interface (`native`), or hand them to
+    /// the kernel's VXLAN device (`device`). The wire format is the same.
+    #[arg(long, value_enum, default_value_t = VxlanEncap::Native)]
+    vxlan_encap: VxlanEncap,
     /// Give this host's leases up at once when the agent stops (a node
     /// leaving for good). By default they run out their TTL, so a restarted
     /// agent takes them over without a moment of absence.
@@ -159,6 +165,14 @@ pub fn run(a: AgentArgs) -> Result<()> {
             )
             .await?;
         let mut dp = sel.dataplane;
+        let mut reason = sel.reason;
+        if let select::AnyDataplane::Ebpf(e) = &mut dp {
+            e.set_encap(a.vxlan_encap);
+            reason += &format!("; VXLAN encapsulation {}", match a.vxlan_encap {
+                VxlanEncap::Native => "native (built in eBPF, sent by the underlay interface)",
+                VxlanEncap::Device => "by the VXLAN device (--vxlan-encap device)",
+            });
+        }
         // Without VXLAN (host-gw) a container can use the whole underlay MTU.
         let container_mtu = underlay.mtu.saturating_sub(dp.kind().encap_overhead());
         info!(
@@ -184,7 +198,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
             node: node.clone(),
             resync,
             status_file: Some(status_file),
-            dataplane_reason: sel.reason,
+            dataplane_reason: reason,
             underlay_net: Some(underlay_net),
             container_mtu,
             observed: Some(observed),

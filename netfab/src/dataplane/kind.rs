@@ -70,6 +70,27 @@ impl fmt::Display for Choice {
     }
 }
 
+/// How the eBPF dataplane puts VXLAN headers on frames to remote hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum VxlanEncap {
+    /// Built in the datapath and sent out of the underlay interface,
+    /// bypassing the VXLAN device (frames it cannot grow still take it).
+    #[default]
+    Native,
+    /// A tunnel key, and the kernel's collect-metadata VXLAN device.
+    Device,
+}
+
+impl VxlanEncap {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            VxlanEncap::Native => "native",
+            VxlanEncap::Device => "device",
+        }
+    }
+}
+
 /// How packets for one peer's subnet leave this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

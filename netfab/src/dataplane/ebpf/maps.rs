@@ -13,8 +13,8 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use netfab_common::{
-    maps as names, Direction, DropReason, Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo,
-    RateLimit, RemoteSubnet, Settings, TrafficCounter,
+    maps as names, Direction, DropReason, EncapConfig, Endpoint, GuardKey, HostConfig, KnownHost,
+    NetworkInfo, RateLimit, RemoteSubnet, Settings, TrafficCounter,
 };
 use serde::Serialize;
 
@@ -26,6 +26,7 @@ pub struct BpfMaps {
     known_hosts: HashMap<MapData, u32, KnownHost>,
     networks: HashMap<MapData, u32, NetworkInfo>,
     host_config: Array<MapData, HostConfig>,
+    encap: Array<MapData, EncapConfig>,
     traffic: PerCpuArray<MapData, TrafficCounter>,
     drops: PerCpuArray<MapData, u64>,
     guards: HashMap<MapData, GuardKey, u32>,
@@ -81,6 +82,7 @@ impl BpfMaps {
             known_hosts: typed!(dir, names::KNOWN_HOSTS),
             networks: typed!(dir, names::NETWORKS),
             host_config: typed!(dir, names::HOST_CONFIG),
+            encap: typed!(dir, names::ENCAP),
             traffic: typed!(dir, names::TRAFFIC),
             drops: typed!(dir, names::DROPS),
             guards: typed!(dir, names::GUARDS),
@@ -119,6 +121,7 @@ impl BpfMaps {
         }
         t.host_config = self.host_config.get(&0, 0).context("reading host config")?;
         t.settings = self.settings.get(&0, 0).context("reading settings")?;
+        t.encap = self.encap.get(&0, 0).context("reading encap config")?;
         Ok(t)
     }
 
@@ -183,6 +186,9 @@ impl BpfMaps {
             self.host_config
                 .set(0, h, 0)
                 .context("writing host config")?;
+        }
+        if let Some(e) = d.encap {
+            self.encap.set(0, e, 0).context("writing encap config")?;
         }
         for k in &d.remote_subnets.removals {
             self.remote_subnets

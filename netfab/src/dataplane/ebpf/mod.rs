@@ -23,10 +23,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use log::{info, warn};
-use netfab_common::programs;
+use netfab_common::{programs, EncapConfig, ENCAP_F_NATIVE};
 
 use self::{maps::BpfMaps, tables::LinkFacts};
-use super::{ApplyMode, ApplyReport, Dataplane};
+use super::{kind::VxlanEncap, ApplyMode, ApplyReport, Dataplane};
 use crate::{
     addr::MacAddr,
     netlink::{neigh::Neigh, routes::HostRoute, Netlink, Touched, VxlanSpec, VXLAN_OVERHEAD},
@@ -45,6 +45,25 @@ pub struct EbpfDataplane {
     /// apply: a `Changes` apply writes only the difference from these.
     written: Option<tables::Tables>,
     vtep_neighs: Option<BTreeSet<Neigh>>,
+    encap: VxlanEncap,
+    /// Outer UDP source ports, [min, max), as the kernel's VXLAN device
+    /// picks them in this namespace.
+    src_ports: (u16, u16),
+}
+
+/// This namespace's ephemeral port range as [min, max): where the kernel's
+/// VXLAN device picks outer source ports (`udp_flow_src_port`).
+fn local_port_range() -> (u16, u16) {
+    let parsed = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|w| w.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        });
+    match parsed {
+        Some((min, max)) if max > min => (min, max.saturating_add(1)),
+        _ => (32768, 61000),
+    }
 }
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
@@ -104,7 +123,28 @@ impl EbpfDataplane {
             host: Default::default(),
             written: None,
             vtep_neighs: None,
+            encap: VxlanEncap::default(),
+            src_ports: local_port_range(),
         })
+    }
+
+    /// How frames to remote hosts get their VXLAN headers from now on.
+    pub fn set_encap(&mut self, encap: VxlanEncap) {
+        self.encap = encap;
+    }
+
+    /// What NF_ENCAP should hold for this host.
+    fn encap_config(&self, underlay_ip: std::net::Ipv4Addr, port: u16) -> EncapConfig {
+        EncapConfig {
+            underlay_ip: u32::from_ne_bytes(underlay_ip.octets()),
+            port: port.to_be(),
+            flags: match self.encap {
+                VxlanEncap::Native => ENCAP_F_NATIVE,
+                VxlanEncap::Device => 0,
+            },
+            src_port_min: self.src_ports.0,
+            src_port_max: self.src_ports.1,
+        }
     }
 
     /// Proves that a TC program can really be attached here: attaches the
@@ -329,8 +369,9 @@ impl Dataplane for EbpfDataplane {
         let links = self.netlink.links().await?;
         let facts: HashMap<String, LinkFacts> =
             links.iter().map(|(n, d)| (n.clone(), d.facts)).collect();
-        let (tables, skipped) =
+        let (mut tables, skipped) =
             tables::desired_tables(state, &facts, Some(vxlan), underlay_ifindex);
+        tables.encap = self.encap_config(underlay_net.addr(), state.vxlan_port);
         // Maps before attachments: a new container's first packet must find
         // its endpoint entry, or it would be dropped as spoofed.
         // Forgotten until the write succeeds: after a failure the next

@@ -7,8 +7,9 @@ use std::{
 
 use ipnet::Ipv4Net;
 use netfab_common::{
-    DropReason, Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RateLimit, RemoteSubnet,
-    Settings, HOST_ENDPOINT, IPPROTO_TCP, IPPROTO_UDP, REMOTE_F_DIRECT, SETTINGS_F_LOG_DROPS,
+    DropReason, EncapConfig, Endpoint, GuardKey, HostConfig, KnownHost, NetworkInfo, RateLimit,
+    RemoteSubnet, Settings, HOST_ENDPOINT, IPPROTO_TCP, IPPROTO_UDP, REMOTE_F_DIRECT,
+    SETTINGS_F_LOG_DROPS,
 };
 
 use crate::{
@@ -34,6 +35,8 @@ pub struct Tables {
     pub known_hosts: BTreeMap<Ipv4Addr, KnownHost>,
     pub networks: BTreeMap<u32, NetworkInfo>,
     pub host_config: HostConfig,
+    /// Native VXLAN settings (all zero: the VXLAN device encapsulates).
+    pub encap: EncapConfig,
     /// Stack-bound destinations containers may not reach, with the reason.
     pub guards: BTreeMap<GuardKey, u32>,
     pub settings: Settings,
@@ -51,6 +54,7 @@ pub struct Delta {
     pub guards: Diff<GuardKey, u32>,
     /// New values of the single-entry tables, when they changed.
     pub host_config: Option<HostConfig>,
+    pub encap: Option<EncapConfig>,
     pub settings: Option<Settings>,
 }
 
@@ -65,6 +69,7 @@ impl Delta {
             networks: diff(&to.networks, &from.networks),
             guards: diff(&to.guards, &from.guards),
             host_config: (to.host_config != from.host_config).then_some(to.host_config),
+            encap: (to.encap != from.encap).then_some(to.encap),
             settings: (to.settings != from.settings).then_some(to.settings),
         }
     }
@@ -88,6 +93,7 @@ impl Delta {
             (self.networks.upserts.len(), self.networks.removals.len()),
             (self.guards.upserts.len(), self.guards.removals.len()),
             (usize::from(self.host_config.is_some()), 0),
+            (usize::from(self.encap.is_some()), 0),
             (usize::from(self.settings.is_some()), 0),
         ];
         sizes
