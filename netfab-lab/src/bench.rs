@@ -1,11 +1,13 @@
 //! `netfab-lab bench`: every path measured side by side in one run.
 //!
-//! Paths: the raw underlay (host to host), netfab eBPF with VXLAN, eBPF with
-//! direct routing, the kernel-VXLAN backend and host-gw. Each netfab path is
+//! Paths: the raw underlay (host to host), netfab eBPF with VXLAN built in
+//! eBPF (native) and by the VXLAN device, eBPF with direct routing, the
+//! kernel-VXLAN backend (flannel's design) and host-gw. Each netfab path is
 //! its own 2-host lab, all up at once; repetitions are interleaved across
 //! paths so slow drift of the machine spreads over all of them alike. Per
-//! path: iperf3 TCP with 1 and 4 streams and a TCP request/response test;
-//! medians; ratios to raw.
+//! path: iperf3 TCP with 1 and 4 streams, a TCP request/response test, ping
+//! round trips, and 64-byte UDP datagrams per second (where per-packet
+//! costs dominate); medians; ratios to raw.
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -18,7 +20,7 @@ use crate::{
     say,
     topology::Topology,
 };
-use netfab::dataplane::select::Choice;
+use netfab::dataplane::{kind::VxlanEncap, select::Choice};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PathResult {
@@ -33,6 +35,12 @@ pub struct PathResult {
     pub ratio_4_streams: f64,
     /// RR latency over raw's (higher is slower).
     pub rr_latency_ratio: f64,
+    /// Mean ping round trip (100 pings, 10 ms apart).
+    pub ping_rtt_us: f64,
+    pub ping_ratio: f64,
+    /// 64-byte UDP datagrams per second received (iperf3, unthrottled).
+    pub udp64_pps: f64,
+    pub udp64_ratio: f64,
 }
 
 struct Path_ {
@@ -47,6 +55,8 @@ struct Samples {
     one: Vec<f64>,
     four: Vec<f64>,
     rr: Vec<rr::RrResult>,
+    ping_us: Vec<f64>,
+    pps: Vec<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -54,16 +64,98 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The labs behind the netfab paths: (path name, lab name, backend, direct).
-const LABS: [(&str, &str, Choice, bool); 4] = [
-    ("ebpf-vxlan", "bn-ev", Choice::Ebpf, false),
-    ("ebpf-direct", "bn-ed", Choice::Ebpf, true),
-    ("kernel-vxlan", "bn-kv", Choice::Vxlan, false),
-    ("host-gw", "bn-hg", Choice::HostGw, true),
+/// The labs behind the netfab paths: (path name, lab name, backend,
+/// direct routing, VXLAN encapsulation).
+const LABS: [(&str, &str, Choice, bool, VxlanEncap); 5] = [
+    (
+        "ebpf-vxlan-native",
+        "bn-en",
+        Choice::Ebpf,
+        false,
+        VxlanEncap::Native,
+    ),
+    (
+        "ebpf-vxlan-device",
+        "bn-ev",
+        Choice::Ebpf,
+        false,
+        VxlanEncap::Device,
+    ),
+    (
+        "ebpf-direct",
+        "bn-ed",
+        Choice::Ebpf,
+        true,
+        VxlanEncap::Native,
+    ),
+    (
+        "kernel-vxlan",
+        "bn-kv",
+        Choice::Vxlan,
+        false,
+        VxlanEncap::Native,
+    ),
+    ("host-gw", "bn-hg", Choice::HostGw, true, VxlanEncap::Native),
 ];
+
+/// The raw underlay is measured between the hosts of this lab.
+const RAW_LAB: &str = "bn-hg";
 
 pub fn lab_names() -> impl Iterator<Item = &'static str> {
     LABS.iter().map(|l| l.1)
+}
+
+/// Mean round trip of 100 pings 10 ms apart, µs.
+fn ping_rtt_us(client_ns: &str, server_ip: &str) -> Result<f64> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", client_ns, "ping", "-q", "-c", "100"])
+        .args(["-i", "0.01", "-W", "1", server_ip])
+        .output()
+        .context("running ping")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // rtt min/avg/max/mdev = 0.040/0.075/0.165/0.022 ms
+    let avg = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
+        .and_then(|v| v.split('/').nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("no ping summary from {client_ns} to {server_ip}: {text}"))?;
+    Ok(avg * 1000.0)
+}
+
+/// 64-byte UDP datagrams per second that reached the server (iperf3
+/// unthrottled: the sender goes as fast as the path lets it).
+fn udp64_pps(
+    client_ns: &str,
+    server_ip: &str,
+    port: u16,
+    secs: u32,
+    cpus: Option<(u32, u32)>,
+) -> Result<f64> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", client_ns, "iperf3", "-c", server_ip])
+        .args(["-p", &port.to_string(), "-t", &secs.to_string()])
+        .args(["-u", "-l", "64", "-b", "0", "-J"])
+        .args(
+            cpus.map(|(c, s)| vec!["-A".to_string(), format!("{c},{s}")])
+                .unwrap_or_default(),
+        )
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running iperf3 -u")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let sum = &v["end"]["sum"];
+    match (
+        sum["packets"].as_f64(),
+        sum["lost_packets"].as_f64(),
+        sum["seconds"].as_f64(),
+    ) {
+        (Some(p), Some(l), Some(s)) if s > 0.0 => Ok((p - l) / s),
+        _ => anyhow::bail!(
+            "iperf3 -u from {client_ns} to {server_ip}: {}",
+            v["error"].as_str().unwrap_or("no JSON result")
+        ),
+    }
 }
 
 /// Client on CPU 0, server on CPU 1 (when there are two): on a small
@@ -88,6 +180,9 @@ fn measure_once(p: &Path_, secs: u32, rr_secs: u32, s: &mut Samples) -> Result<(
             cpus,
         )?);
     }
+    s.pps
+        .push(udp64_pps(&p.client_ns, &p.server_ip, 5202, secs, cpus)?);
+    s.ping_us.push(ping_rtt_us(&p.client_ns, &p.server_ip)?);
     let _rr = RrServer::start(&p.server_ns, 5203, cpus.map(|c| c.1))?;
     let server = format!("{}:5203", p.server_ip);
     s.rr.push(rr::run_client(
@@ -109,16 +204,17 @@ pub fn run(
 ) -> Result<Vec<PathResult>> {
     let mut topos = Vec::new();
     let result = (|| -> Result<Vec<PathResult>> {
-        for (path, name, backend, direct) in LABS {
+        for (path, name, backend, direct, encap) in LABS {
             let mut t = Topology::new(name, 2, 1)?;
             t.dataplane = backend;
             t.direct_routing = direct;
+            t.vxlan_encap = encap;
             say(format!("bench: bringing up lab {name} for path {path}"));
             topos.push(crate::up(&t, bpf_object).with_context(|| format!("lab {name}"))?);
         }
         measure(&topos, secs, rr_secs, reps, out_dir)
     })();
-    for (_, name, _, _) in LABS {
+    for (_, name, ..) in LABS {
         let _ = crate::down(name);
     }
     result
@@ -131,7 +227,10 @@ fn measure(
     reps: u32,
     out_dir: &Path,
 ) -> Result<Vec<PathResult>> {
-    let raw_lab = &topos[3];
+    let raw_lab = topos
+        .iter()
+        .find(|t| t.name == RAW_LAB)
+        .context("the raw underlay's lab")?;
     let mut paths = vec![Path_ {
         name: "raw-underlay",
         client_ns: raw_lab.host_ns(2),
@@ -152,12 +251,14 @@ fn measure(
             measure_once(p, secs, rr_secs, s)?;
             let rr = s.rr.last().expect("just measured");
             say(format!(
-                "rep {r}/{reps} {:<13} 1 stream {:6.2} Gbit/s  4 streams {:6.2} Gbit/s  RR {:7.0}/s mean {:5.1} µs",
+                "rep {r}/{reps} {:<17} 1 stream {:6.2} Gbit/s  4 streams {:6.2} Gbit/s  RR {:7.0}/s mean {:5.1} µs  ping {:5.1} µs  UDP64 {:8.0}/s",
                 p.name,
                 s.one.last().expect("just measured"),
                 s.four.last().expect("just measured"),
                 rr.per_sec,
-                rr.mean_us
+                rr.mean_us,
+                s.ping_us.last().expect("just measured"),
+                s.pps.last().expect("just measured"),
             ));
         }
     }
@@ -174,6 +275,10 @@ fn measure(
             ratio_1_stream: 0.0,
             ratio_4_streams: 0.0,
             rr_latency_ratio: 0.0,
+            ping_rtt_us: median(s.ping_us),
+            ping_ratio: 0.0,
+            udp64_pps: median(s.pps),
+            udp64_ratio: 0.0,
         })
         .collect();
     let raw = results[0].clone();
@@ -181,6 +286,8 @@ fn measure(
         r.ratio_1_stream = r.gbps_1_stream / raw.gbps_1_stream;
         r.ratio_4_streams = r.gbps_4_streams / raw.gbps_4_streams;
         r.rr_latency_ratio = r.rr_mean_us / raw.rr_mean_us;
+        r.ping_ratio = r.ping_rtt_us / raw.ping_rtt_us;
+        r.udp64_ratio = r.udp64_pps / raw.udp64_pps;
     }
     std::fs::create_dir_all(out_dir)?;
     let json = out_dir.join("bench.json");
@@ -199,12 +306,12 @@ fn measure(
 pub fn table(results: &[PathResult], reps: u32, secs: u32) -> String {
     let mut s = format!(
         "medians of {reps} interleaved repetitions, iperf3 {secs} s per run\n\n\
-         | path | 1 stream Gbit/s | ratio | 4 streams Gbit/s | ratio | TCP_RR /s | RR mean µs | RR p99 µs | latency ratio |\n\
-         |---|---|---|---|---|---|---|---|---|\n"
+         | path | 1 stream Gbit/s | ratio | 4 streams Gbit/s | ratio | TCP_RR /s | RR mean µs | RR p99 µs | latency ratio | ping µs | ratio | UDP 64 B /s | ratio |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in results {
         s += &format!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.2} |\n",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.0} | {:.2} |\n",
             r.path,
             r.gbps_1_stream,
             r.ratio_1_stream,
@@ -213,7 +320,11 @@ pub fn table(results: &[PathResult], reps: u32, secs: u32) -> String {
             r.rr_per_sec,
             r.rr_mean_us,
             r.rr_p99_us,
-            r.rr_latency_ratio
+            r.rr_latency_ratio,
+            r.ping_rtt_us,
+            r.ping_ratio,
+            r.udp64_pps,
+            r.udp64_ratio
         );
     }
     s

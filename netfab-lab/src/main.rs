@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use netfab::dataplane::select::Choice;
+use netfab::dataplane::{kind::VxlanEncap, select::Choice};
 use netfab_lab::{
     self as lab,
     topology::{Control, Topology},
@@ -69,6 +69,14 @@ struct LabShape {
     /// coalesces their identical watches into one on the members.
     #[arg(long)]
     etcd_proxy: bool,
+    /// How eBPF agents put VXLAN headers on: built in eBPF (`native`) or by
+    /// the kernel's VXLAN device (`device`).
+    #[arg(long, value_enum, default_value_t = VxlanEncap::Native)]
+    vxlan_encap: VxlanEncap,
+    /// Hosts (comma separated) whose eBPF agent uses the VXLAN device
+    /// whatever --vxlan-encap says (a mixed cluster).
+    #[arg(long, value_delimiter = ',')]
+    device_encap_hosts: Vec<u32>,
     /// Direct routing between hosts on one segment.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     direct_routing: bool,
@@ -96,6 +104,8 @@ impl LabShape {
         }
         t.etcd_members = self.etcd_members;
         t.etcd_proxy = self.etcd_proxy;
+        t.vxlan_encap = self.vxlan_encap;
+        t.device_encap_hosts = self.device_encap_hosts.clone();
         Ok(t)
     }
 }

@@ -104,6 +104,7 @@ pub fn start_agent(topo: &Topology, h: u32, bpf_object: Option<&Path>) -> Result
     }
     let dataplane = topo.dataplane.to_string();
     cmd.args(["--node", &topo.host_ns(h), "--dataplane", &dataplane])
+        .args(["--vxlan-encap", topo.encap_of(h).as_str()])
         .arg("--run-dir")
         .arg(crate::host_dir(&topo.name, h))
         .arg("--pin-dir")

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use netfab::{
     addr::MacAddr,
     dataplane::ebpf::DEFAULT_PIN_ROOT,
-    dataplane::select::Choice,
+    dataplane::{kind::VxlanEncap, select::Choice},
     network::{DataplanePref, NetworkConfig},
     rundir::LocalEndpoint,
     state::{
@@ -119,6 +119,12 @@ pub struct Topology {
     /// are the caller's (a test acting as operator and kubelet).
     #[serde(default)]
     pub external_agents: bool,
+    /// `--vxlan-encap` of every eBPF agent, except the hosts listed in
+    /// `device_encap_hosts`, which use the VXLAN device.
+    #[serde(default)]
+    pub vxlan_encap: VxlanEncap,
+    #[serde(default)]
+    pub device_encap_hosts: Vec<u32>,
     /// Direct routing between hosts on one segment (per network).
     #[serde(default = "yes")]
     pub direct_routing: bool,
@@ -180,6 +186,8 @@ impl Topology {
             external_agents: false,
             etcd_members: 1,
             etcd_proxy: false,
+            vxlan_encap: VxlanEncap::default(),
+            device_encap_hosts: Vec::new(),
             direct_routing: true,
             container_mtu: CONTAINER_MTU,
             subnets: Vec::new(),
@@ -267,6 +275,14 @@ impl Topology {
     /// etcd as seen from inside its own namespace.
     pub fn etcd_local_url(&self) -> String {
         format!("{}://127.0.0.1:2379", self.scheme())
+    }
+    /// How host `h`'s eBPF agent encapsulates VXLAN.
+    pub fn encap_of(&self, h: u32) -> VxlanEncap {
+        if self.device_encap_hosts.contains(&h) {
+            VxlanEncap::Device
+        } else {
+            self.vxlan_encap
+        }
     }
     pub fn host_ns(&self, h: u32) -> String {
         format!("{}-h{h}", self.name)

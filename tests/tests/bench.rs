@@ -29,7 +29,7 @@ fn bench_measures_every_path_and_writes_table_json_and_chart() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("rep 1/1 ebpf-direct"),
+        stderr.contains("rep 1/1 ebpf-vxlan-native"),
         "progress is printed: {stderr}"
     );
     let json: serde_json::Value =
@@ -44,7 +44,8 @@ fn bench_measures_every_path_and_writes_table_json_and_chart() {
         paths,
         [
             "raw-underlay",
-            "ebpf-vxlan",
+            "ebpf-vxlan-native",
+            "ebpf-vxlan-device",
             "ebpf-direct",
             "kernel-vxlan",
             "host-gw"
@@ -56,6 +57,8 @@ fn bench_measures_every_path_and_writes_table_json_and_chart() {
             "gbps_4_streams",
             "rr_per_sec",
             "rr_mean_us",
+            "ping_rtt_us",
+            "udp64_pps",
         ] {
             assert!(r[k].as_f64().unwrap() > 0.0, "{k} of {}", r["path"]);
         }
@@ -66,7 +69,7 @@ fn bench_measures_every_path_and_writes_table_json_and_chart() {
     let table = std::fs::read_to_string(out_dir.join("bench.md")).unwrap();
     assert_eq!(
         table.lines().filter(|l| l.starts_with("| ")).count(),
-        6,
+        7,
         "{table}"
     );
     for name in lab::bench::lab_names() {

@@ -34,8 +34,14 @@ const VXLAN_FLAG_VNI: u8 = 0x08;
 /// - ENCAP_L3_IPV4 | ENCAP_L4_UDP: a GSO packet becomes a UDP-tunnel GSO
 ///   packet, segmented (or offloaded) at the underlay with every segment
 ///   getting the outer headers.
-/// - ENCAP_L2(VXLAN + Ethernet) | ENCAP_L2_ETH: the inner "MAC header" GSO
-///   copies into every segment is the VXLAN header and inner Ethernet.
+/// - ENCAP_L2(Ethernet) | ENCAP_L2_ETH: the inner MAC header is the inner
+///   Ethernet header alone, and the inner protocol is Ethernet (TEB), as
+///   the kernel's VXLAN device marks its packets. GSO then treats outer
+///   UDP + VXLAN as the tunnel header and reads the inner frame's type at
+///   the inner MAC header. Counting the VXLAN header into the L2 length
+///   (as the kernel's selftest does) makes it read the type from inside the
+///   VXLAN header: every GSO packet fails to segment and is dropped, which
+///   is how hand-built VXLAN collapsed TCP here before.
 /// - FIXED_GSO: the container's TCP already sized its segments for the
 ///   overlay MTU; without it the kernel shrinks gso_size by the header
 ///   length.
@@ -45,7 +51,7 @@ const ADJ_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
     | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
     | BPF_F_ADJ_ROOM_ENCAP_L2_ETH
     | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64
-    | (((VXLAN_LEN + ETH_LEN) as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
+    | ((ETH_LEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
 
 /// The outer ECN field for an inner TOS byte, as the kernel's
 /// `INET_ECN_encapsulate`: copied, except CE becomes ECT(0).
