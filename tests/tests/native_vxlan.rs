@@ -23,6 +23,11 @@ use netfab_tests::{
 
 /// Packets the host's VXLAN device has sent (what the native path skips).
 fn vxlan_tx_packets(t: &Topology, h: u32) -> u64 {
+    vxlan_packets(t, h, "tx")
+}
+
+/// Packets the host's VXLAN device has sent (`tx`) or received (`rx`).
+fn vxlan_packets(t: &Topology, h: u32, dir: &str) -> u64 {
     let out = sh(&[
         "-n",
         &t.host_ns(h),
@@ -34,7 +39,7 @@ fn vxlan_tx_packets(t: &Topology, h: u32) -> u64 {
         netfab::state::DEFAULT_VXLAN_DEVICE,
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v[0]["stats64"]["tx"]["packets"].as_u64().unwrap()
+    v[0]["stats64"][dir]["packets"].as_u64().unwrap()
 }
 
 /// Full-size pings that may not be fragmented: the container MTU must
@@ -91,6 +96,22 @@ fn native_vxlan_keeps_gso_and_talks_to_device_and_kernel_vxlan_hosts() {
                 "full-size DF pings from host {from} to host {to}"
             );
         }
+    }
+
+    // Single frames for the native host are taken apart on its underlay,
+    // not by its VXLAN device, whoever encapsulated them.
+    for from in [2, 3] {
+        let (rx, delivered) = (
+            vxlan_packets(t, 1, "rx"),
+            lab.counters(1).traffic["from_overlay"].packets,
+        );
+        assert_eq!(df_pings(t, from, 1, 5), 5);
+        assert_eq!(
+            vxlan_packets(t, 1, "rx"),
+            rx,
+            "host {from}'s frames went up through host 1's VXLAN device"
+        );
+        assert!(lab.counters(1).traffic["from_overlay"].packets >= delivered + 5);
     }
 
     // What the native host puts on the wire is VXLAN to tcpdump too.

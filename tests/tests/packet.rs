@@ -20,7 +20,7 @@ use netfab_common::{
     REMOTE_F_DIRECT,
 };
 use netfab_tests::{
-    frames::{checksum, ethernet, ipv4_icmp, ipv4_udp, ETH_P_ARP, ETH_P_IP},
+    frames::{self, checksum, ethernet, ipv4_icmp, ipv4_udp, ETH_P_ARP, ETH_P_IP},
     require_privileges,
 };
 
@@ -459,4 +459,132 @@ fn native_encapsulation_picks_the_source_port_by_flow() {
         "16 flows got only {} ports: {ports:?}",
         ports.len()
     );
+}
+
+/// A VXLAN frame as it arrives on the underlay: outer Ethernet, IPv4 from
+/// `outer_src` to this host (100.64.0.1), UDP to `dport`, then `vxlan`.
+fn underlay_udp(outer_src: [u8; 4], outer_dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&outer_src);
+    ip.extend_from_slice(&outer_dst);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(&udp);
+    ethernet(VTEP_LOCAL, VTEP_REMOTE, ETH_P_IP, &ip)
+}
+
+const HERE: [u8; 4] = [100, 64, 0, 1];
+const PEER: [u8; 4] = [100, 64, 0, 2];
+
+/// What host 100.64.0.2 sends for its container 10.0.1.9 to reach `dst`.
+fn vxlan_from_peer(vni: u32, src: &str, dst: &str) -> Vec<u8> {
+    let inner = ethernet(
+        VTEP_LOCAL,
+        VTEP_REMOTE,
+        ETH_P_IP,
+        &ipv4_icmp(ip(src), ip(dst), 63),
+    );
+    underlay_udp(PEER, HERE, VXLAN_PORT, &frames::vxlan(vni, &inner))
+}
+
+/// Native decapsulation on the underlay: a peer's VXLAN frame for a local
+/// container comes out as the inner packet, addressed to the container.
+#[test]
+fn native_decapsulation_delivers_the_inner_packet() {
+    require_privileges!();
+    let mut dp = native();
+    let before = dp.counters();
+    let frame = vxlan_from_peer(VNI, "10.0.1.9", "10.0.0.3");
+    let (verdict, out) = dp.run("from_underlay", &frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), frame.len() - 50, "outer headers gone");
+    assert_eq!(&out[0..6], &B_MAC, "to the container");
+    assert_eq!(&out[6..12], &GW_MAC, "from its gateway");
+    assert_eq!(be16(&out[12..14]), ETH_P_IP);
+    assert_eq!(&out[14..], &frame[64..], "the inner packet, untouched");
+    let (traffic, drops) = delta(&before, &dp.counters());
+    assert_eq!(traffic, vec![("from_overlay", 1)]);
+    assert!(drops.is_empty(), "{drops:?}");
+}
+
+/// What native decapsulation refuses is dropped with the overlay's own
+/// reasons; what it does not handle goes on to the stack (and the VXLAN
+/// device) untouched.
+#[test]
+fn native_decapsulation_drops_or_passes_what_it_cannot_take() {
+    require_privileges!();
+    let mut dp = native();
+    let refused: Vec<(&str, Vec<u8>)> = vec![
+        ("unknown_vni", vxlan_from_peer(99, "10.0.1.9", "10.0.0.3")),
+        (
+            "unknown_source",
+            underlay_udp(
+                [100, 64, 0, 66],
+                HERE,
+                VXLAN_PORT,
+                &frames::vxlan(
+                    VNI,
+                    &vxlan_from_peer(VNI, "10.0.1.9", "10.0.0.3")[64 - 14..],
+                ),
+            ),
+        ),
+        // 10.0.2.0/24 belongs to 100.64.0.3, not to the sender.
+        (
+            "foreign_inner_source",
+            vxlan_from_peer(VNI, "10.0.2.5", "10.0.0.3"),
+        ),
+        ("no_endpoint", vxlan_from_peer(VNI, "10.0.1.9", "10.0.0.77")),
+        // C (10.0.0.4) is in another network.
+        (
+            "network_mismatch",
+            vxlan_from_peer(VNI, "10.0.1.9", "10.0.0.4"),
+        ),
+    ];
+    for (reason, frame) in refused {
+        let before = dp.counters();
+        let (verdict, _) = dp.run("from_underlay", &frame);
+        assert_eq!(verdict, TC_ACT_SHOT, "{reason}: verdict");
+        let (traffic, drops) = delta(&before, &dp.counters());
+        assert_eq!(drops, vec![(reason, 1)], "{reason}: drop counters");
+        assert!(traffic.is_empty(), "{reason}: {traffic:?}");
+    }
+
+    let good = vxlan_from_peer(VNI, "10.0.1.9", "10.0.0.3");
+    let mut no_i_flag = good.clone();
+    no_i_flag[42] = 0;
+    let mut elsewhere = good.clone();
+    elsewhere[30..34].copy_from_slice(&[100, 64, 0, 7]);
+    let c = checksum(&{
+        let mut h = elsewhere[14..34].to_vec();
+        h[10..12].copy_from_slice(&[0, 0]);
+        h
+    });
+    elsewhere[24..26].copy_from_slice(&c.to_be_bytes());
+    let passed: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "not the VXLAN port",
+            underlay_udp(PEER, HERE, 5000, &good[42..]),
+        ),
+        ("no VNI flag", no_i_flag),
+        ("cut after the VXLAN header", good[..50].to_vec()),
+        ("for another host", elsewhere),
+    ];
+    for (what, frame) in passed {
+        let before = dp.counters();
+        let (verdict, out) = dp.run("from_underlay", &frame);
+        assert_eq!(verdict, TC_ACT_OK, "{what}: verdict");
+        assert_eq!(out, frame, "{what}: untouched");
+        let (traffic, drops) = delta(&before, &dp.counters());
+        assert!(
+            drops.is_empty() && traffic.is_empty(),
+            "{what}: {traffic:?} {drops:?}"
+        );
+    }
 }

@@ -7,6 +7,7 @@ pub mod encap;
 pub mod endpoint;
 pub mod guard;
 pub mod maps;
+pub mod native_decap;
 pub mod native_encap;
 pub mod packet;
 pub mod rate;

@@ -105,6 +105,20 @@ impl Ipv4Frame {
         Some((proto, port))
     }
 
+    /// UDP in a header without options, and not a fragment.
+    #[inline(always)]
+    pub fn is_plain_udp(&self) -> bool {
+        // SAFETY: the header was bounds-checked in `parse`.
+        let (vihl, proto, frag) = unsafe {
+            (
+                (*self.ip).version_ihl,
+                (*self.ip).protocol,
+                u16::from_be((*self.ip).frag_off),
+            )
+        };
+        vihl == 0x45 && proto == 17 && frag & 0x3fff == 0
+    }
+
     /// The TOS byte (DSCP and ECN).
     #[inline(always)]
     pub fn tos(&self) -> u8 {

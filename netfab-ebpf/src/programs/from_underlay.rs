@@ -1,7 +1,9 @@
-//! `from_underlay` (TC ingress of the underlay interface): delivers plain IP
-//! from direct peers' subnets to local containers, drops plain IP for
-//! containers from anyone else, and leaves the rest (the host's own traffic,
-//! VXLAN for the overlay device) to the stack.
+//! `from_underlay` (TC ingress of the underlay interface): takes VXLAN for
+//! local containers apart itself where native VXLAN is on
+//! (`native_decap`), delivers plain IP from direct peers' subnets to local
+//! containers, drops plain IP for containers from anyone else, and leaves
+//! the rest (the host's own traffic, VXLAN aggregates for the overlay
+//! device) to the stack.
 use aya_ebpf::{bindings::TC_ACT_OK, maps::lpm_trie::Key, programs::TcContext};
 use netfab_common::{Direction, DropReason, REMOTE_F_DIRECT};
 
@@ -9,6 +11,7 @@ use crate::helpers::{
     counters::{drop_with, Verdict},
     endpoint::{deliver_local, lookup_endpoint},
     maps::REMOTE_SUBNETS,
+    native_decap,
     packet::{parse, Parsed},
 };
 
@@ -18,6 +21,9 @@ pub fn try_from_underlay(ctx: &TcContext) -> Result<Verdict, Verdict> {
         // Not ours to judge: the host's own underlay traffic.
         _ => return Ok(Verdict::Action(TC_ACT_OK as i32)),
     };
+    if let Some(v) = native_decap::from_underlay(ctx, &frame) {
+        return v;
+    }
     let Some(dst) = lookup_endpoint(frame.daddr()) else {
         return Ok(Verdict::Action(TC_ACT_OK as i32));
     };
