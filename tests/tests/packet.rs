@@ -83,6 +83,19 @@ impl TestDatapath {
         (r.return_value, out)
     }
 
+    /// As `run`, but `None` when the kernel refuses the frame itself (say,
+    /// shorter than an Ethernet header).
+    fn try_run(&mut self, prog: &str, frame: &[u8]) -> Option<(u32, Vec<u8>)> {
+        let p: &mut SchedClassifier = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = p.test_run(opts).ok()?;
+        out.truncate(r.data_size_out as usize);
+        Some((r.return_value, out))
+    }
+
     fn counters(&self) -> Counters {
         self.maps.counters().unwrap()
     }
@@ -587,4 +600,150 @@ fn native_decapsulation_drops_or_passes_what_it_cannot_take() {
             "{what}: {traffic:?} {drops:?}"
         );
     }
+}
+
+/// xorshift64*: a reproducible stream of random numbers for the fuzz test.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A frame from the seeds, mutated: bytes flipped, cut short, grown, or
+/// replaced by noise altogether.
+fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
+    let mut f = seeds[rng.below(seeds.len())].clone();
+    match rng.below(10) {
+        0 => {
+            let len = 14 + rng.below(150);
+            f = (0..len).map(|_| rng.next() as u8).collect();
+        }
+        1 => f.truncate(14 + rng.below(f.len() - 13)),
+        2 => f.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+        _ => {
+            for _ in 0..1 + rng.below(6) {
+                let i = rng.below(f.len());
+                f[i] = rng.next() as u8;
+            }
+        }
+    }
+    f
+}
+
+/// 100,000 random and mutated frames through the programs that take
+/// frames from outside a container's own veth. Whatever is delivered goes
+/// to the endpoint its destination address names, in the network it came
+/// from; whatever is encapsulated keeps its network's VNI.
+#[test]
+fn fuzzed_frames_never_reach_a_wrong_endpoint_or_change_network() {
+    require_privileges!();
+    const C_MAC: [u8; 6] = [0x0a, 0x6e, 10, 0, 0, 4];
+    let mut dp = native();
+    let mut t = tables();
+    t.encap = EncapConfig {
+        underlay_ip: u32::from_ne_bytes(HERE),
+        port: VXLAN_PORT.to_be(),
+        flags: ENCAP_F_NATIVE,
+        src_port_min: PORT_MIN,
+        src_port_max: PORT_MAX,
+    };
+    t.endpoints.get_mut(&ip("10.0.0.4")).unwrap().mac = C_MAC;
+    dp.maps.apply(&t, None).unwrap();
+    // (address, MAC, VNI) of every local container.
+    let endpoints = [
+        ([10, 0, 0, 2], A_MAC, VNI),
+        ([10, 0, 0, 3], B_MAC, VNI),
+        ([10, 0, 0, 4], C_MAC, VNI + 1),
+    ];
+    let delivered_to = |out: &[u8]| {
+        endpoints
+            .iter()
+            .find(|e| out.len() >= 34 && out[0..6] == e.1)
+    };
+
+    let underlay_seeds = vec![
+        vxlan_from_peer(VNI, "10.0.1.9", "10.0.0.3"),
+        vxlan_from_peer(VNI, "10.0.1.9", "10.0.0.2"),
+        vxlan_from_peer(VNI + 1, "10.0.1.9", "10.0.0.4"),
+        // Plain IP from the direct peer's subnet.
+        icmp_frame("10.0.2.5", "10.0.0.3", 64),
+    ];
+    let container_seeds = vec![
+        icmp_frame("10.0.0.2", "10.0.0.3", 64),
+        icmp_frame("10.0.0.2", "10.0.0.4", 64),
+        icmp_frame("10.0.0.2", "10.0.1.9", 64),
+        icmp_frame("10.0.0.2", "10.0.2.5", 64),
+        ethernet(
+            GW_MAC,
+            A_MAC,
+            ETH_P_IP,
+            &ipv4_udp(ip("10.0.0.2"), ip("10.0.1.9"), 4000, VXLAN_PORT, b"inner"),
+        ),
+    ];
+    let seed = 0x6e65_7466_6162_u64;
+    eprintln!("fuzz seed {seed:#x}");
+    let mut rng = Rng(seed);
+    let (mut delivered, mut encapsulated, mut runs) = (0u32, 0u32, 0u32);
+    while runs < 100_000 {
+        let from_underlay = rng.below(2) == 0;
+        let (prog, seeds) = if from_underlay {
+            ("from_underlay", &underlay_seeds)
+        } else {
+            ("from_container", &container_seeds)
+        };
+        let frame = mutate(&mut rng, seeds);
+        let Some((verdict, out)) = dp.try_run(prog, &frame) else {
+            continue; // the kernel refused the frame itself (too short)
+        };
+        runs += 1;
+        assert!(
+            [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&verdict),
+            "{prog} returned {verdict} for {frame:02x?}"
+        );
+        if verdict != TC_ACT_REDIRECT {
+            continue;
+        }
+        if let Some(&(addr, _, vni)) = delivered_to(&out) {
+            delivered += 1;
+            assert_eq!(
+                out[30..34],
+                addr,
+                "{prog} delivered {frame:02x?} as {out:02x?}"
+            );
+            if from_underlay
+                && frame.len() >= 50
+                && frame[23] == 17
+                && be16(&frame[36..38]) == VXLAN_PORT
+            {
+                let in_vni = u32::from_be_bytes([0, frame[46], frame[47], frame[48]]);
+                assert_eq!(
+                    in_vni, vni,
+                    "VNI {in_vni} delivered into network {vni}: {frame:02x?}"
+                );
+            } else {
+                // From a container (A, network VNI) or a direct peer.
+                assert_eq!(vni, VNI, "{prog} crossed networks: {frame:02x?}");
+            }
+        } else if !from_underlay && out.len() == frame.len() + 50 {
+            encapsulated += 1;
+            let out_vni = u32::from_be_bytes([0, out[46], out[47], out[48]]);
+            assert_eq!(
+                out_vni, VNI,
+                "encapsulated into VNI {out_vni}: {frame:02x?}"
+            );
+        }
+    }
+    eprintln!("{runs} frames: {delivered} delivered, {encapsulated} encapsulated natively");
+    assert!(
+        delivered > 1000 && encapsulated > 1000,
+        "the seeds must keep paths alive"
+    );
 }
