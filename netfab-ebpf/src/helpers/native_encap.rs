@@ -93,9 +93,8 @@ fn ipv4_checksum(h: &[u8; ENCAP_LEN]) -> u16 {
 /// `remote` and sends it out of the underlay interface; the kernel fills
 /// the outer Ethernet addresses from its route and neighbour tables.
 /// `None` for GSO super-packets (unless ENCAP_F_NATIVE_GSO) and when the
-/// kernel refuses to grow this
-/// packet (already encapsulated, say): it is then as it was, for the VXLAN
-/// device.
+/// kernel refuses to grow this packet (already encapsulated, say): it is
+/// then as it was, for the VXLAN device.
 #[inline(always)]
 pub fn to_overlay(
     ctx: &TcContext,
@@ -123,6 +122,9 @@ pub fn to_overlay(
         .ok()?;
 
     let mut h = [0u8; ENCAP_LEN];
+    // A super-packet's lengths may not fit 16 bits: segmentation rewrites
+    // every segment's lengths and checksum, so they only need to be right
+    // for a single packet.
     let ip_len = (OUTER_IP_LEN + UDP_LEN + VXLAN_LEN + inner_len) as u16;
     // SAFETY: plain helper call.
     let id = unsafe { bpf_get_prandom_u32() } as u16;
@@ -139,7 +141,7 @@ pub fn to_overlay(
     let u = OUTER_IP_LEN;
     h[u..u + 2].copy_from_slice(&src_port(hash, enc.src_port_min, enc.src_port_max).to_be_bytes());
     h[u + 2..u + 4].copy_from_slice(&enc.port.to_ne_bytes());
-    h[u + 4..u + 6].copy_from_slice(&(ip_len - OUTER_IP_LEN as u16).to_be_bytes());
+    h[u + 4..u + 6].copy_from_slice(&ip_len.wrapping_sub(OUTER_IP_LEN as u16).to_be_bytes());
     let v = u + UDP_LEN;
     h[v] = VXLAN_FLAG_VNI;
     h[v + 4..v + 8].copy_from_slice(&(remote.vni << 8).to_be_bytes());
