@@ -210,8 +210,6 @@ const _: () = assert!(size_of::<EncapConfig>() == 12);
 
 /// Build the outer headers in the datapath (else: the VXLAN device).
 pub const ENCAP_F_NATIVE: u16 = 1;
-/// GSO super-packets too (else they take the VXLAN device).
-pub const ENCAP_F_NATIVE_GSO: u16 = 2;
 
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]

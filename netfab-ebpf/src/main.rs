@@ -6,10 +6,11 @@
 //! - `from_container` (TC ingress of each container's host-side veth): checks
 //!   the source address, then delivers to a local container with
 //!   `bpf_redirect_peer`, or encapsulates in VXLAN itself and sends the frame
-//!   out of the underlay interface (`native_encap`; GSO super-packets instead
-//!   get a tunnel key and go to this host's collect-metadata VXLAN device), or
-//!   routes it to a direct peer, or hands the packet to the host stack
-//!   (except what aims at a tunnel port or etcd: dropped).
+//!   out of the underlay interface (`native_encap`, GSO super-packets whole;
+//!   with native encapsulation off, a tunnel key and this host's
+//!   collect-metadata VXLAN device), or routes it to a direct peer, or hands
+//!   the packet to the host stack (except what aims at a tunnel port or
+//!   etcd: dropped).
 //! - `from_overlay` (TC ingress of the VXLAN device): accepts frames only from
 //!   known hosts on served VNIs, with inner sources that host holds, and
 //!   delivers them into the container.
@@ -17,13 +18,15 @@
 //!   VXLAN frames for local containers apart itself (`native_decap`, the same
 //!   checks as `from_overlay`), delivers unencapsulated packets from direct
 //!   peers' subnets, drops plain IP for containers from anyone else.
-//! - `from_host` (TC egress of the VXLAN device): gives the host's own
-//!   packets to remote containers their tunnel key.
+//! - `from_host` (TC egress of the VXLAN device): encapsulates the host's own
+//!   packets to remote containers natively too (else gives them their
+//!   tunnel key).
 //!
-//! Design note: the VXLAN device stays for what native encapsulation cannot
-//! do as well on this kernel (GSO super-packets, GRO aggregates; see
-//! docs/dataplanes.md) and interoperates byte for byte with the native path
-//! and with plain kernel VXLAN peers.
+//! Design note: the VXLAN device stays for what native decapsulation cannot
+//! do safely on this kernel (GRO aggregates; see docs/dataplanes.md), for
+//! frames the kernel will not grow, and for `--vxlan-encap device`; it
+//! interoperates byte for byte with the native path and with plain kernel
+//! VXLAN peers.
 #![no_std]
 #![no_main]
 

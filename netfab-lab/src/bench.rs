@@ -251,7 +251,7 @@ fn measure(
             measure_once(p, secs, rr_secs, s)?;
             let rr = s.rr.last().expect("just measured");
             say(format!(
-                "rep {r}/{reps} {:<17} 1 stream {:6.2} Gbit/s  4 streams {:6.2} Gbit/s  RR {:7.0}/s mean {:5.1} µs  ping {:5.1} µs  UDP64 {:8.0}/s",
+                "rep {r}/{reps} {:<21} 1 stream {:6.2} Gbit/s  4 streams {:6.2} Gbit/s  RR {:7.0}/s mean {:5.1} µs  ping {:5.1} µs  UDP64 {:8.0}/s",
                 p.name,
                 s.one.last().expect("just measured"),
                 s.four.last().expect("just measured"),

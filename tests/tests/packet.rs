@@ -57,7 +57,12 @@ impl TestDatapath {
             .default_map_pin_directory(&pin_dir)
             .load_file(object::locate(None).unwrap())
             .expect("loading object");
-        for name in ["from_container", "from_overlay", "from_underlay"] {
+        for name in [
+            "from_container",
+            "from_overlay",
+            "from_underlay",
+            "from_host",
+        ] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load()
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
@@ -419,6 +424,40 @@ fn native_encapsulation_writes_the_kernel_devices_headers() {
     let (traffic, drops) = delta(&before, &dp.counters());
     assert_eq!(traffic, vec![("to_overlay", 1)]);
     assert!(drops.is_empty(), "{drops:?}");
+}
+
+/// The host's own packet to a remote container, at its VXLAN device's
+/// egress (the kernel routed it there and wrote the VTEP MACs): encapsulated
+/// natively like a container's, the TTL left alone (no forwarding hop).
+/// With native encapsulation off it passes to the device untouched.
+#[test]
+fn host_packets_to_remote_containers_are_encapsulated_natively() {
+    require_privileges!();
+    let from_host = ethernet(
+        VTEP_REMOTE,
+        VTEP_LOCAL,
+        ETH_P_IP,
+        &ipv4_icmp(ip("10.0.0.0"), ip("10.0.1.9"), 64),
+    );
+    let mut dp = native();
+    let before = dp.counters();
+    let (verdict, out) = dp.run("from_host", &from_host);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), from_host.len() + 50);
+    assert_eq!(&out[26..30], &[100, 64, 0, 1], "outer source: this host");
+    assert_eq!(&out[30..34], &[100, 64, 0, 2], "outer destination");
+    assert_eq!(be16(&out[36..38]), VXLAN_PORT);
+    assert_eq!(&out[42..50], &[0x08, 0, 0, 0, 0, 0, VNI as u8, 0]);
+    assert_eq!(&out[50..64], &from_host[0..14], "inner Ethernet as written");
+    assert_eq!(&out[64..], &from_host[14..], "inner packet untouched");
+    let (traffic, drops) = delta(&before, &dp.counters());
+    assert_eq!(traffic, vec![("to_overlay", 1)]);
+    assert!(drops.is_empty(), "{drops:?}");
+
+    let mut dp = TestDatapath::load();
+    let (verdict, out) = dp.run("from_host", &from_host);
+    assert_eq!(verdict, TC_ACT_OK, "native off: on to the VXLAN device");
+    assert_eq!(out, from_host);
 }
 
 /// ECN crosses the tunnel as the kernel carries it: copied to the outer

@@ -8,7 +8,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
-use netfab_common::{Direction, DropReason, RemoteSubnet, ENCAP_F_NATIVE};
+use netfab_common::{Direction, DropReason, HostConfig, RemoteSubnet, ENCAP_F_NATIVE};
 
 use super::{
     counters::{count, drop_with, to_stack, Verdict},
@@ -42,12 +42,8 @@ pub fn to_overlay(
     // The inner addresses either way: the device path sends the frame as it
     // is; the native one writes the same into its inner Ethernet header.
     frame.set_macs(&cfg.vxlan_mac, &remote.vtep_mac);
-    if let Some(enc) = ENCAP.get(0) {
-        if enc.flags & ENCAP_F_NATIVE != 0 && cfg.underlay_ifindex != 0 {
-            if let Some(v) = native_encap::to_overlay(ctx, frame.tos(), remote, cfg, enc) {
-                return v;
-            }
-        }
+    if let Some(v) = native(ctx, frame.tos(), remote, cfg) {
+        return v;
     }
     set_key(ctx, remote)?;
     count(Direction::ToOverlay, ctx.len());
@@ -55,6 +51,23 @@ pub fn to_overlay(
     Ok(Verdict::Action(
         unsafe { bpf_redirect(cfg.vxlan_ifindex, 0) } as i32,
     ))
+}
+
+/// Native encapsulation where this host is set up for it. `None` when it
+/// is not, or when the kernel refused to grow the frame (it is then as it
+/// was, for the device).
+#[inline(always)]
+pub fn native(
+    ctx: &TcContext,
+    inner_tos: u8,
+    remote: &RemoteSubnet,
+    cfg: &HostConfig,
+) -> Option<Result<Verdict, Verdict>> {
+    let enc = ENCAP.get(0)?;
+    if enc.flags & ENCAP_F_NATIVE == 0 || cfg.underlay_ifindex == 0 {
+        return None;
+    }
+    native_encap::to_overlay(ctx, inner_tos, remote, cfg, enc)
 }
 
 /// Sets the VXLAN tunnel key (VNI, remote underlay address) the

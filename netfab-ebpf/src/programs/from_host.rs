@@ -1,7 +1,11 @@
 //! `from_host` (TC egress of the collect-metadata VXLAN device): the host's
-//! own packets to remote containers (routed here by the agent's routes) get
-//! the tunnel key of the destination's host. Frames redirected here by
-//! `from_container` carry their key already and pass untouched.
+//! own packets to remote containers (routed here by the agent's routes) are
+//! encapsulated natively and leave by the underlay interface, before the
+//! device's transmit runs; where native encapsulation is off, they get the
+//! tunnel key of the destination's host and the device encapsulates them.
+//! The inner Ethernet addresses come from the maps, the same VTEP MACs the
+//! agent writes into the device's neighbour table. Frames redirected here by `from_container` carry their key
+//! already and pass untouched.
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
@@ -14,8 +18,8 @@ use netfab_common::{Direction, DropReason};
 
 use crate::helpers::{
     counters::{count, drop_with, Verdict},
-    encap::set_key,
-    maps::REMOTE_SUBNETS,
+    encap::{self, set_key},
+    maps::{HOST_CONFIG, REMOTE_SUBNETS},
     packet::{parse, Parsed},
 };
 
@@ -35,10 +39,15 @@ pub fn try_from_host(ctx: &TcContext) -> Result<Verdict, Verdict> {
         // without a key the device drops it, as it always did.
         Parsed::Other => return Ok(Verdict::Action(TC_ACT_OK as i32)),
     };
-    let remote = REMOTE_SUBNETS
+    let remote = *REMOTE_SUBNETS
         .get(Key::new(32, frame.daddr()))
         .ok_or(drop_with(DropReason::NoTunnelKey))?;
-    set_key(ctx, remote)?;
+    if let Some(cfg) = HOST_CONFIG.get(0) {
+        if let Some(v) = encap::native(ctx, frame.tos(), &remote, cfg) {
+            return v;
+        }
+    }
+    set_key(ctx, &remote)?;
     count(Direction::ToOverlay, ctx.len());
     Ok(Verdict::Action(TC_ACT_OK as i32))
 }

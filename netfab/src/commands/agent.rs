@@ -77,9 +77,9 @@ pub struct AgentArgs {
     #[arg(long)]
     log_drops: bool,
     /// eBPF dataplane: build VXLAN headers in the datapath and send frames
-    /// straight out of the underlay interface (`native`: GSO super-packets
-    /// still go by the device; `native-all`: those too), or hand them all
-    /// to the kernel's VXLAN device (`device`). The wire format is the same.
+    /// (GSO super-packets whole, and the host's own) straight out of the
+    /// underlay interface (`native`), or hand them all to the kernel's VXLAN
+    /// device (`device`). The wire format is the same.
     #[arg(long, value_enum, default_value_t = VxlanEncap::Native)]
     vxlan_encap: VxlanEncap,
     /// Give this host's leases up at once when the agent stops (a node
@@ -170,13 +170,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
         if let select::AnyDataplane::Ebpf(e) = &mut dp {
             e.set_encap(a.vxlan_encap);
             reason += &format!("; VXLAN encapsulation {}", match a.vxlan_encap {
-                VxlanEncap::Native => {
-                    "native (built in eBPF, sent by the underlay interface; \
-                     GSO super-packets by the VXLAN device)"
-                }
-                VxlanEncap::NativeAll => {
-                    "native for every frame, GSO super-packets included (--vxlan-encap native-all)"
-                }
+                VxlanEncap::Native => "native (built in eBPF, sent by the underlay interface)",
                 VxlanEncap::Device => "by the VXLAN device (--vxlan-encap device)",
             });
         }

@@ -75,13 +75,10 @@ impl fmt::Display for Choice {
 #[serde(rename_all = "kebab-case")]
 pub enum VxlanEncap {
     /// Built in the datapath and sent out of the underlay interface,
-    /// bypassing the VXLAN device; GSO super-packets (and frames it cannot
-    /// grow) still take the device, which sends them out whole.
+    /// bypassing the VXLAN device; GSO super-packets stay whole. Only frames
+    /// the kernel will not grow (already encapsulated) take the device.
     #[default]
     Native,
-    /// As `native`, super-packets included: they are then segmented in
-    /// software at the underlay on devices without GSO_ROBUST (most).
-    NativeAll,
     /// A tunnel key, and the kernel's collect-metadata VXLAN device.
     Device,
 }
@@ -90,7 +87,6 @@ impl VxlanEncap {
     pub const fn as_str(self) -> &'static str {
         match self {
             VxlanEncap::Native => "native",
-            VxlanEncap::NativeAll => "native-all",
             VxlanEncap::Device => "device",
         }
     }

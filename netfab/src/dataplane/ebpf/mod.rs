@@ -23,7 +23,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use log::{info, warn};
-use netfab_common::{programs, EncapConfig, ENCAP_F_NATIVE, ENCAP_F_NATIVE_GSO};
+use netfab_common::{programs, EncapConfig, ENCAP_F_NATIVE};
 
 use self::{maps::BpfMaps, tables::LinkFacts};
 use super::{kind::VxlanEncap, ApplyMode, ApplyReport, Dataplane};
@@ -140,7 +140,6 @@ impl EbpfDataplane {
             port: port.to_be(),
             flags: match self.encap {
                 VxlanEncap::Native => ENCAP_F_NATIVE,
-                VxlanEncap::NativeAll => ENCAP_F_NATIVE | ENCAP_F_NATIVE_GSO,
                 VxlanEncap::Device => 0,
             },
             src_port_min: self.src_ports.0,
