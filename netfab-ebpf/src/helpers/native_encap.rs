@@ -87,9 +87,9 @@ fn ipv4_checksum(h: &[u8; ENCAP_LEN]) -> u16 {
     !(sum as u16)
 }
 
-/// Encapsulates the (already routed) frame towards
-/// `remote` and sends it out of the underlay interface; the kernel fills
-/// the outer Ethernet addresses from its route and neighbour tables.
+/// Encapsulates the (already routed) frame towards `remote` and sends it
+/// out of the underlay interface; the kernel fills the outer Ethernet
+/// addresses from its route and neighbour tables.
 /// `None` when the kernel refuses to grow this packet (already
 /// encapsulated, say): it is then as it was, for the VXLAN device.
 #[inline(always)]

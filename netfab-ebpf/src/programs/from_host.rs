@@ -4,8 +4,8 @@
 //! device's transmit runs; where native encapsulation is off, they get the
 //! tunnel key of the destination's host and the device encapsulates them.
 //! The inner Ethernet addresses come from the maps, the same VTEP MACs the
-//! agent writes into the device's neighbour table. Frames redirected here by `from_container` carry their key
-//! already and pass untouched.
+//! agent writes into the device's neighbour table. Frames redirected here
+//! by `from_container` carry their key already and pass untouched.
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
