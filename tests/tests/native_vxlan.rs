@@ -30,39 +30,21 @@ fn vxlan_tx_packets(t: &Topology, h: u32) -> u64 {
 
 /// Packets the host's VXLAN device has sent (`tx`) or received (`rx`).
 fn vxlan_packets(t: &Topology, h: u32, dir: &str) -> u64 {
-    let out = sh(&[
-        "-n",
-        &t.host_ns(h),
-        "-s",
-        "-j",
-        "link",
-        "show",
-        "dev",
-        netfab::state::DEFAULT_VXLAN_DEVICE,
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v[0]["stats64"][dir]["packets"].as_u64().unwrap()
+    link_stats(&t.host_ns(h), netfab::state::DEFAULT_VXLAN_DEVICE, dir).0
 }
 
 /// (packets, bytes) host `h`'s underlay port has carried from the host:
 /// what left its underlay interface, after any segmentation at transmit.
 fn underlay_port_rx(t: &Topology, h: u32) -> (u64, u64) {
-    let out = sh(&[
-        "-n",
-        &t.underlay_ns(),
-        "-s",
-        "-j",
-        "link",
-        "show",
-        "dev",
-        &format!("h{h}"),
-    ]);
+    link_stats(&t.underlay_ns(), &format!("h{h}"), "rx")
+}
+
+/// (packets, bytes) of one direction (`rx`/`tx`) of a device's counters.
+fn link_stats(ns: &str, dev: &str, dir: &str) -> (u64, u64) {
+    let out = sh(&["-n", ns, "-s", "-j", "link", "show", "dev", dev]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let rx = &v[0]["stats64"]["rx"];
-    (
-        rx["packets"].as_u64().unwrap(),
-        rx["bytes"].as_u64().unwrap(),
-    )
+    let d = &v[0]["stats64"][dir];
+    (d["packets"].as_u64().unwrap(), d["bytes"].as_u64().unwrap())
 }
 
 /// Full-size pings that may not be fragmented: the container MTU must
