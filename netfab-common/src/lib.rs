@@ -284,7 +284,8 @@ pub enum DropReason {
     NetworkMismatch = 8,
     /// A kernel helper (tunnel key, header rewrite) failed.
     HelperFailed = 9,
-    /// Non-IPv4 frame arriving from the overlay.
+    /// Non-IPv4 frame arriving from the overlay, or IPv6 from a container
+    /// (not carried yet; the host stack would take it unchecked).
     NotIpv4 = 10,
     /// Unencapsulated packet for a container from a source that is not a
     /// direct-routing peer's subnet.

@@ -138,6 +138,15 @@ pub fn container(topo: &Topology, h: u32, c: u32) -> Result<()> {
             "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ],
     )?;
+    // As netfab-cni does: no IPv6 from containers reaches the host stack.
+    sh::in_ns(
+        &host,
+        "sh",
+        &[
+            "-c",
+            &format!("echo 1 > /proc/sys/net/ipv6/conf/{veth}/disable_ipv6"),
+        ],
+    )?;
     ip_in(
         &host,
         &["link", "set", &veth, "address", &gw_mac, "mtu", &mtu, "up"],

@@ -11,6 +11,12 @@ what reached them, whatever the headers say.
   attack.py spoof PAIRS              raw IPv4 with forged sources (src>dst,...)
   attack.py tcp HOST PORT TLS        try to connect (and handshake); prints
                                      "connected" or "refused: why"
+  attack.py ipv6 DSTMAC TARGETS PORTS
+                                     IPv6 from the link-local source of eth0
+                                     to DSTMAC: echo requests and TCP SYNs to
+                                     each target and port; counts IPv6 frames
+                                     that come back ("sent N replies M")
+  attack.py serve6 SECS PORT         accept TCP on [::]:PORT (IPv6 only)
 Lists are comma separated. Prints one result line.
 """
 import logging
@@ -108,6 +114,57 @@ def tcp(host, port, use_tls):
     print("connected", flush=True)
 
 
+def ipv6(dstmac, targets, ports):
+    """Raw IPv6 straight to the gateway's MAC (no neighbour discovery to
+    wait for): what a container's kernel would send to the host's link-local
+    or global addresses, and any service listening on `::`."""
+    from scapy.all import IPv6, TCP, Ether, ICMPv6EchoRequest, Raw, sendp
+    from scapy.utils6 import in6_mactoifaceid
+
+    mac = open("/sys/class/net/eth0/address").read().strip()
+    src = "fe80::" + in6_mactoifaceid(mac).lower()
+    rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86DD))
+    rx.bind(("eth0", 0))
+    rx.settimeout(0.2)
+    own = bytes.fromhex(mac.replace(":", ""))
+    frames = []
+    for t in targets:
+        base = Ether(src=mac, dst=dstmac) / IPv6(src=src, dst=t)
+        frames.append(base / ICMPv6EchoRequest(data=MARKER))
+        for port in ports:
+            frames.append(base / TCP(sport=40000 + port % 20000, dport=port, flags="S")
+                          / Raw(MARKER))
+    sendp(frames, iface="eth0", count=2, verbose=False)
+    replies = 0
+    end = time.time() + 2
+    while time.time() < end:
+        try:
+            frame, addr = rx.recvfrom(65535)
+        except socket.timeout:
+            continue
+        # Our own frames show up outgoing; count what came from elsewhere.
+        if addr[2] != socket.PACKET_OUTGOING and frame[6:12] != own:
+            replies += 1
+    print(f"sent {2 * len(frames)} replies {replies}", flush=True)
+
+
+def serve6(secs, port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port))
+    s.listen()
+    s.setblocking(False)
+    print("ready", flush=True)
+    end = time.time() + secs
+    while time.time() < end:
+        try:
+            s.accept()[0].close()
+        except BlockingIOError:
+            pass
+        time.sleep(0.01)
+
+
 def serve(secs, ports):
     """Accepts TCP on every address at each port until secs pass: a service
     of the host itself (say, a co-located etcd)."""
@@ -144,6 +201,10 @@ def main():
         spoof(split(args[0]))
     elif cmd == "serve":
         serve(float(args[0]), [int(p) for p in split(args[1])])
+    elif cmd == "ipv6":
+        ipv6(args[0], split(args[1]), [int(p) for p in split(args[2])])
+    elif cmd == "serve6":
+        serve6(float(args[0]), int(args[1]))
     elif cmd == "tcp":
         tcp(args[0], int(args[1]), args[2] == "tls")
     else:

@@ -3,6 +3,18 @@ use std::net::Ipv4Addr;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+
+/// An IPv6 header (next header `nh`, hop limit 64) with `payload`.
+pub fn ipv6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, nh: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[nh, 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(payload);
+    p
+}
 
 /// One's-complement checksum over `data` (RFC 1071).
 pub fn checksum(data: &[u8]) -> u16 {

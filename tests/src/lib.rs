@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 
 /// Returns why privileged tests cannot run here, if they cannot.
 pub fn missing_privilege() -> Option<String> {
+    // The skip machinery's own test forces a skip in a child run.
+    if let Some(why) = std::env::var_os("NETFAB_TEST_FORCE_SKIP") {
+        return Some(why.to_string_lossy().into_owned());
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not running as root (network namespaces and eBPF need it)".into());
@@ -30,15 +34,48 @@ pub fn missing_privilege() -> Option<String> {
     None
 }
 
-/// Skips the calling test, loudly, when it cannot run on this machine.
+/// Skips the calling test, loudly, when it cannot run on this machine: the
+/// skip is printed and recorded (see [`record_skip`]), and on CI it fails.
 #[macro_export]
 macro_rules! require_privileges {
     () => {
         if let Some(why) = $crate::missing_privilege() {
-            eprintln!("SKIPPED {}: {why}", module_path!());
+            $crate::record_skip(module_path!(), &why);
             return;
         }
     };
+}
+
+/// Where skipped tests are recorded, one file each: `cargo xtask test`
+/// empties it first and lists what it holds at the end (libtest itself can
+/// only count a returned test as passed).
+pub fn skip_dir() -> std::path::PathBuf {
+    std::env::var_os("NETFAB_TEST_SKIPS")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-skips")
+        })
+}
+
+/// Records that the current test could not run, and why. Under CI (which
+/// runs as root with everything installed) a privileged test that cannot
+/// run is a failure, never a silent pass.
+pub fn record_skip(module: &str, why: &str) {
+    // libtest names each test's thread after the test.
+    let name = match std::thread::current().name() {
+        Some(n) if n != "main" => format!("{module}::{}", n.rsplit("::").next().unwrap_or(n)),
+        _ => module.to_string(),
+    };
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") {
+        panic!("privileged test {name} cannot run on CI: {why}");
+    }
+    eprintln!("SKIPPED {name}: {why}");
+    let dir = skip_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join(name.replace("::", "__"));
+    if let Err(e) = std::fs::write(&file, format!("{name}: {why}\n")) {
+        eprintln!("cannot record the skip in {}: {e}", file.display());
+    }
 }
 
 /// The first address of a CNI result, without its prefix length.

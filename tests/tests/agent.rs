@@ -217,3 +217,28 @@ fn the_underlay_is_found_by_node_ip_or_default_route() {
         "{e}"
     );
 }
+
+/// A state-file agent takes its underlay interface from the file: a host
+/// without a default route (nothing to detect the underlay by) still runs.
+#[test]
+fn a_state_file_agent_without_a_default_route_uses_the_files_underlay() {
+    require_privileges!();
+    let lab = LabGuard::up_with(Topology::with("sfnodef", 2, 1, 1, Control::Static).unwrap());
+    let t = &lab.topo;
+    lab::stop_agent(&t.name, 1, false).unwrap();
+    netfab_lab::sh::ip_in(&t.host_ns(1), &["route", "del", "default"]).unwrap();
+    let routes = netfab_lab::sh::ip_in(&t.host_ns(1), &["route", "show", "default"]).unwrap();
+    assert!(routes.trim().is_empty(), "no default route left: {routes}");
+    lab::start_agent(t, 1, None).unwrap();
+    let st = wait_for("the agent's first report", Duration::from_secs(15), || {
+        lab::read_status(t, 1).filter(|s| s.applies > 0)
+    });
+    assert_eq!(st.endpoints, 1, "{st:?}");
+    let log = lab::agent_log(t, 1);
+    assert!(!log.contains("no default route"), "{log}");
+    assert_eq!(
+        lab.ping((1, 1), (2, 1), 3).received,
+        3,
+        "traffic across hosts"
+    );
+}

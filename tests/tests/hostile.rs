@@ -108,6 +108,36 @@ fn eth0_mac(t: &Topology, h: u32) -> String {
         .to_string()
 }
 
+/// The link-local IPv6 address of host `h`'s underlay interface.
+fn link_local(t: &Topology, h: u32) -> String {
+    let out = sh::ip_in(
+        &t.host_ns(h),
+        &["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"],
+    )
+    .unwrap();
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no link-local address on eth0: {out}"))
+        .to_string()
+}
+
+/// IPv6 packets host `h` discarded on the host veth of container netns
+/// `ctr` (IPv6 is off there).
+fn ip6_in_discards(t: &Topology, h: u32, ctr: &str) -> u64 {
+    let veth = netfab::cni::attach::host_ifname(ctr, "eth0");
+    let text = sh::in_ns(
+        &t.host_ns(h),
+        "cat",
+        &[&format!("/proc/net/dev_snmp6/{veth}")],
+    )
+    .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Ip6InDiscards")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Ip6InDiscards for {veth}: {text}"))
+}
+
 fn hostile(b: Choice, short: &str) {
     require_privileges!();
     let mut topo = Topology::with(&format!("hs-{short}"), 3, 2, 2, Control::Etcd).unwrap();
@@ -183,6 +213,26 @@ fn hostile(b: Choice, short: &str) {
         let r = attack(&attacker, &["tcp", &dst, "8080", "plain"]);
         assert_eq!(r, "connected", "{b:?}: control: the host at {dst}:8080");
     }
+    // 3c. IPv6, which netfab does not carry yet: a service on `::` of the
+    // attacker's host, tried at the link-local address the host veth would
+    // have (EUI-64 of the gateway MAC), the host's underlay link-local, a
+    // global address of the host, and all-nodes multicast: nothing answers.
+    // The control: the same listener answers the host itself.
+    let h1ns = t.host_ns(1);
+    sh::ip_in(&h1ns, &["-6", "addr", "add", "fd64::1/128", "dev", "lo"]).unwrap();
+    let _service6 = HostService(spawn_ready(&h1ns, &["serve6", "60", "2379"]));
+    let r = attack(&h1ns, &["tcp", "fd64::1", "2379", "plain"]);
+    assert_eq!(r, "connected", "control: the IPv6 listener of host 1");
+    let eth0_ll = link_local(t, 1);
+    let targets = format!("fe80::ecee:eeff:feee:eeee,{eth0_ll},fd64::1,ff02::1");
+    let gw_mac = netfab_lab::topology::GATEWAY_MAC.to_string();
+    let r = attack(&attacker, &["ipv6", &gw_mac, &targets, "2379,8080"]);
+    assert!(
+        r.starts_with("sent ") && r.ends_with(" replies 0") && !r.starts_with("sent 0"),
+        "{b:?}: a host answered a container over IPv6: {r}"
+    );
+    let v6_discards = ip6_in_discards(t, 1, &attacker);
+
     // 4. A known host (host 2) speaking for others: VXLAN whose inner
     // source is outside its subnets, and plain IP from outside its subnets.
     let h1 = t.host_ip(1).to_string();
@@ -233,6 +283,8 @@ fn hostile(b: Choice, short: &str) {
             "control_plane",
             "spoofed_source",
             "not_direct_peer",
+            // The container's IPv6.
+            "not_ipv4",
         ] {
             assert!(d[reason] > 0, "no {reason} drops counted");
         }
@@ -252,6 +304,11 @@ fn hostile(b: Choice, short: &str) {
              underlay {underlay}"
         );
         assert!(tunnel > 0 && control > 0 && spoof > 0 && underlay > 0);
+        // IPv6 is off on the container's host veth: the stack discards it.
+        assert!(
+            v6_discards > 0,
+            "{b:?}: the container's IPv6 not counted as discarded"
+        );
         if b == Choice::Vxlan {
             // VXLAN from host 2 carrying 8.8.8.8 or another network's
             // source: refused at the VXLAN device.

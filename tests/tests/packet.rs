@@ -20,7 +20,7 @@ use netfab_common::{
     REMOTE_F_DIRECT,
 };
 use netfab_tests::{
-    frames::{self, checksum, ethernet, ipv4_icmp, ipv4_udp, ETH_P_ARP, ETH_P_IP},
+    frames::{self, checksum, ethernet, ipv4_icmp, ipv4_udp, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6},
     require_privileges,
 };
 
@@ -270,6 +270,42 @@ fn malformed_and_unauthorised_packets_are_dropped_with_their_reason() {
         (
             "network_mismatch",
             icmp_frame("10.0.0.2", "10.0.0.4", 64),
+            "from_container",
+        ),
+        // IPv6 from a container (not carried; the stack would take it
+        // unchecked): a TCP SYN to a host service on `::` over the
+        // gateway's link-local address, and a neighbour solicitation.
+        (
+            "not_ipv4",
+            ethernet(
+                GW_MAC,
+                A_MAC,
+                ETH_P_IPV6,
+                &frames::ipv6(
+                    "fe80::1".parse().unwrap(),
+                    "fe80::ecee:eeff:feee:eeee".parse().unwrap(),
+                    6,
+                    &[
+                        0x9c, 0x40, 0x09, 0x53, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0,
+                        0, 0, 0,
+                    ],
+                ),
+            ),
+            "from_container",
+        ),
+        (
+            "not_ipv4",
+            ethernet(
+                [0x33, 0x33, 0xff, 0xee, 0xee, 0xee],
+                A_MAC,
+                ETH_P_IPV6,
+                &frames::ipv6(
+                    "fe80::1".parse().unwrap(),
+                    "ff02::1:ffee:eeee".parse().unwrap(),
+                    58,
+                    &[135, 0, 0, 0, 0, 0, 0, 0],
+                ),
+            ),
             "from_container",
         ),
         // A frame at the overlay device without tunnel metadata.

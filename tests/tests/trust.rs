@@ -251,7 +251,7 @@ fn a_second_agent_for_a_node_exits_with_a_clear_error() {
     let lab = LabGuard::up("twice", 1, 1);
     let t = &lab.topo;
     let out = std::process::Command::new(netfab_lab::netfab_binary().unwrap())
-        .args(["agent", "--netns", &t.host_ns(1), "--node", &t.host_ns(1)])
+        .args(["agent", "--netns", &t.host_ns(1), "--node", "intruder"])
         .arg("--run-dir")
         .arg(lab::host_dir(&t.name, 1))
         .output()
@@ -259,8 +259,12 @@ fn a_second_agent_for_a_node_exits_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "second agent ran: {err}");
     let pid = lab::agent_pid(&t.name, 1).unwrap();
+    // The holder is named (not the second agent's own node), and the way out.
     assert!(
-        err.contains("another netfab agent already runs") && err.contains(&format!("PID {pid}")),
+        err.contains("another netfab agent already holds")
+            && err.contains(&format!("for node {} (PID {pid})", t.host_ns(1)))
+            && err.contains("this one is for node intruder")
+            && err.contains("--run-dir"),
         "{err}"
     );
     // The first one is unharmed.

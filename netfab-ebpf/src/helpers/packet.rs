@@ -7,6 +7,7 @@ use super::counters::Verdict;
 pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -74,6 +75,16 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Verdict> {
         return Err(Verdict::Drop(DropReason::BadIpHeader));
     }
     Ok(Parsed::Ipv4(Ipv4Frame { eth, ip }))
+}
+
+/// Whether the frame is IPv6 (Ethernet header already checked by `parse`).
+#[inline(always)]
+pub fn is_ipv6(ctx: &TcContext) -> bool {
+    match ptr_at::<EthHdr>(ctx, 0) {
+        // SAFETY: `ptr_at` checked that the whole header lies inside the packet.
+        Some(eth) => (unsafe { (*eth).ether_type }) == ETH_P_IPV6.to_be(),
+        None => false,
+    }
 }
 
 impl Ipv4Frame {

@@ -9,14 +9,18 @@ use crate::helpers::{
     endpoint::{deliver_local, lookup_endpoint},
     guard,
     maps::REMOTE_SUBNETS,
-    packet::{parse, Parsed},
+    packet::{is_ipv6, parse, Parsed},
     rate,
 };
 
 pub fn try_from_container(ctx: &TcContext) -> Result<Verdict, Verdict> {
     let frame = match parse(ctx)? {
         Parsed::Ipv4(f) => f,
-        // ARP, IPv6 and the rest go to the host stack untouched.
+        // IPv6 is not carried yet, and the stack would take it unchecked (no
+        // source check, no guard: any listener on `::`, over the veth's
+        // link-local address). A container needs none of it to come up.
+        Parsed::Other if is_ipv6(ctx) => return Err(drop_with(DropReason::NotIpv4)),
+        // ARP and the rest go to the host stack untouched.
         Parsed::Other => return Ok(to_stack(ctx)),
     };
 

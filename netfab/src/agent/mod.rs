@@ -104,6 +104,9 @@ pub async fn run<S: Source, D: Dataplane>(
     let mut dirty = true;
     let mut applies = 0u64;
     let mut reports = Reports::default();
+    // After a failed apply: when to try again (without waiting for the next
+    // event or resync, which would leave a waiting CNI ADD to time out).
+    let mut retry = Retry::default();
     loop {
         if let Some((state, r)) = reports.due() {
             reports.write(cfg, dp.name(), source, &state, &r, applies);
@@ -128,6 +131,7 @@ pub async fn run<S: Source, D: Dataplane>(
                         let took = started.elapsed().as_secs_f64();
                         match applied {
                             Ok(r) => {
+                                retry.succeeded();
                                 log_report(&state, &r);
                                 observe(cfg, |o| o.apply_seconds.observe(took));
                                 if reports.urgent(&r) {
@@ -137,7 +141,8 @@ pub async fn run<S: Source, D: Dataplane>(
                                 }
                             }
                             Err(e) => {
-                                error!("apply failed: {e:#}");
+                                let after = retry.failed();
+                                error!("apply failed (again in {after:?}): {e:#}");
                                 observe(cfg, |o| o.apply_failures += 1);
                             }
                         }
@@ -167,6 +172,38 @@ pub async fn run<S: Source, D: Dataplane>(
             }
             changed = source.wait() => dirty |= changed,
             _ = reports.pending_deadline() => {}
+            _ = retry.due() => {
+                retry.at = None;
+                dirty = true;
+            }
+        }
+    }
+}
+
+/// Backoff for applies that failed: 100 ms doubling to 5 s, reset by a
+/// success.
+#[derive(Default)]
+struct Retry {
+    at: Option<Instant>,
+    failures: u32,
+}
+
+impl Retry {
+    fn failed(&mut self) -> Duration {
+        let after = Duration::from_millis(100 << self.failures.min(6)).min(Duration::from_secs(5));
+        self.failures += 1;
+        self.at = Some(Instant::now() + after);
+        after
+    }
+
+    fn succeeded(&mut self) {
+        *self = Self::default();
+    }
+
+    async fn due(&self) {
+        match self.at {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
         }
     }
 }

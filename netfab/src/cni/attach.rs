@@ -105,6 +105,7 @@ pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<()> {
             )
         })?;
     drop(ns);
+    refuse_ipv6(w.host_ifname)?;
 
     let (ifname, address, gateway, route) = (w.ifname.to_string(), w.address, w.gateway, w.route);
     in_netns(w.netns, move |nl| {
@@ -169,6 +170,26 @@ pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<()> {
             Ok(())
         })
     })
+}
+
+/// Turns IPv6 off on the host end: the stack then discards every IPv6
+/// packet the container sends (counted as `Ip6InDiscards` of the veth), on
+/// every backend, and the veth holds no link-local address a container
+/// could reach host services through. netfab does not carry IPv6 yet; the
+/// eBPF datapath drops it before the stack (`not_ipv4`). A host without
+/// IPv6 has nothing to turn off.
+pub fn refuse_ipv6(host_ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{host_ifname}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && !std::path::Path::new("/proc/sys/net/ipv6").exists() =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("turning IPv6 off on {host_ifname} ({path})")),
+    }
 }
 
 /// The gateways of the namespace's default routes other than through

@@ -263,7 +263,7 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
         .unwrap_or(0);
     if let Err(e) = wait_programmed(conf, ip, host_ifindex, waiter) {
         // Leave nothing behind: the runtime retries from scratch.
-        let _ = forget_endpoint(conf, &host_ifname, &[ip]);
+        let _ = forget_endpoint(conf, &host_ifname);
         let _ = remove_veth(&host_ifname);
         let _ = ipam.release(&cid, &ifname);
         return Err(e);
@@ -440,14 +440,12 @@ fn remove_veth(host_ifname: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-fn forget_endpoint(
-    conf: &NetConf,
-    host_ifname: &str,
-    ips: &[std::net::Ipv4Addr],
-) -> Result<(), CniError> {
-    endpoints::update(&endpoints_file(conf), |eps| {
-        eps.retain(|e| e.host_ifname != host_ifname && !ips.contains(&e.ip))
-    })?;
+/// Unregisters this attachment's veth, and nothing else: an address is no
+/// key here, as another container may hold it by now.
+fn forget_endpoint(conf: &NetConf, host_ifname: &str) -> Result<(), CniError> {
+    if run_dir(conf).is_dir() {
+        endpoints::forget(&endpoints_file(conf), host_ifname)?;
+    }
     Ok(())
 }
 
@@ -458,14 +456,13 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     check_ifname(&ifname)?;
     let host_ifname = attach::host_ifname(&cid, &ifname);
     // Each step tolerates what is already gone; DEL must be repeatable, and
-    // creates nothing that is not there.
-    let freed = match Ipam::open_existing(std::path::Path::new(&conf.data_dir), &conf.network) {
-        Some(ipam) => ipam.release(&cid, &ifname)?,
-        None => Vec::new(),
-    };
+    // creates nothing that is not there. ADD in reverse: the address is
+    // freed last, so no other container can take it while this DEL still
+    // tears down what served it.
+    forget_endpoint(conf, &host_ifname)?;
     remove_veth(&host_ifname)?;
-    if run_dir(conf).is_dir() {
-        forget_endpoint(conf, &host_ifname, &freed)?;
+    if let Some(ipam) = Ipam::open_existing(std::path::Path::new(&conf.data_dir), &conf.network) {
+        ipam.release(&cid, &ifname)?;
     }
     Ok(())
 }
@@ -590,9 +587,9 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         {
             continue;
         }
-        ipam.release_ip(ip)?;
+        forget_endpoint(conf, &a.host_ifname)?;
         remove_veth(&a.host_ifname)?;
-        forget_endpoint(conf, &a.host_ifname, &[ip])?;
+        ipam.release_ip(ip)?;
     }
     Ok(())
 }

@@ -148,7 +148,15 @@ pub fn run(a: AgentArgs) -> Result<()> {
     let _lock = netfab::rundir::lock_agent(&rd, &node)?;
     runtime()?.block_on(async move {
         let nl = Netlink::connect()?;
-        let underlay_interface = match a.underlay_interface.clone() {
+        // A state file names its underlay; the flag still wins. A file not
+        // valid yet leaves detection to find it (the loop reports the file).
+        let from_state_file = a.state_file.as_deref().and_then(|f| {
+            netfab::state::DesiredState::load(f)
+                .map(|s| s.underlay_interface)
+                .map_err(|e| warn!("no underlay interface from {}: {e}", f.display()))
+                .ok()
+        });
+        let underlay_interface = match a.underlay_interface.clone().or(from_state_file) {
             Some(i) => i,
             None => {
                 let i = nl.detect_underlay(a.node_ip).await?;

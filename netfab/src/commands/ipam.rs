@@ -47,11 +47,13 @@ pub fn run(cmd: IpamCmd, netns_name: Option<String>) -> Result<()> {
             IpamCmd::Release { data_dir, run_dir } => {
                 let leaks = ipam::find_leaks(&data_dir, &links)?;
                 for l in &leaks {
-                    ipam::Ipam::open(&data_dir, &l.network)?.release_ip(l.ip)?;
+                    // As CNI DEL: the address is freed last.
+                    endpoints::forget(
+                        &run_dir.join(netfab::rundir::ENDPOINTS),
+                        &l.allocation.host_ifname,
+                    )?;
                     nl.delete(&l.allocation.host_ifname).await?;
-                    endpoints::update(&run_dir.join(netfab::rundir::ENDPOINTS), |eps| {
-                        eps.retain(|e| e.ip != l.ip && e.host_ifname != l.allocation.host_ifname)
-                    })?;
+                    ipam::Ipam::open(&data_dir, &l.network)?.release_ip(l.ip)?;
                     println!("released {} ({}: {})", l.ip, l.network, l.reason);
                 }
                 println!("{} allocation(s) released", leaks.len());

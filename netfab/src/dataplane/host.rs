@@ -113,6 +113,22 @@ impl HostPlumbing {
                 continue;
             };
             let dst = ipnet::Ipv4Net::new(e.ip, 32).expect("/32 is valid");
+            // A container deleted since the links were listed (churn) is
+            // skipped, never a failed apply for every other container.
+            if let Err(err) = nl
+                .neigh_replace(&Neigh {
+                    ifindex: link.facts.ifindex,
+                    ip: e.ip,
+                    mac: e.mac,
+                })
+                .await
+            {
+                report.skipped.push(super::Skip {
+                    item: super::SkipItem::Endpoint(e.ip),
+                    reason: format!("{err:#}"),
+                });
+                continue;
+            }
             desired.insert(
                 dst,
                 HostRoute {
@@ -124,12 +140,6 @@ impl HostPlumbing {
                 },
             );
             report.programmed_endpoints.push((e.ip, link.facts.ifindex));
-            nl.neigh_replace(&Neigh {
-                ifindex: link.facts.ifindex,
-                ip: e.ip,
-                mac: e.mac,
-            })
-            .await?;
         }
         let actual = match (mode, self.routes.take()) {
             (super::ApplyMode::Changes, Some(written)) => written,
@@ -146,6 +156,10 @@ impl HostPlumbing {
             if let Err(e) = nl.route_replace(r).await {
                 warn!("{e:#}");
                 failed.push(r.dst);
+                // A container's own /32 that cannot be routed is not served.
+                report
+                    .programmed_endpoints
+                    .retain(|(ip, _)| r.dst.prefix_len() != 32 || *ip != r.dst.addr());
                 report.skipped.push(super::Skip {
                     item: super::SkipItem::Route(r.dst),
                     reason: format!("{e:#}"),

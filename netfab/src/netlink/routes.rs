@@ -100,12 +100,16 @@ impl Netlink {
             .with_context(|| format!("installing route {r:?}"))
     }
 
+    /// Removes a route; one already gone (its device was deleted, which
+    /// takes the device's routes with it) is not an error.
     pub async fn route_del(&self, r: &HostRoute) -> Result<()> {
-        self.handle
-            .route()
-            .del(Self::build(r))
-            .execute()
-            .await
-            .with_context(|| format!("removing route {r:?}"))
+        match self.handle.route().del(Self::build(r)).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e))
+                if [-libc::ESRCH, -libc::ENODEV].contains(&e.raw_code()) =>
+            {
+                Ok(())
+            }
+            r2 => r2.with_context(|| format!("removing route {r:?}")),
+        }
     }
 }

@@ -99,6 +99,12 @@ pub fn update(path: &Path, f: impl FnOnce(&mut Vec<LocalEndpoint>)) -> Result<()
     })
 }
 
+/// Removes the entries of one host veth (a DEL, GC or release). Only by
+/// veth: the address may already belong to another container.
+pub fn forget(path: &Path, host_ifname: &str) -> Result<()> {
+    update(path, |eps| eps.retain(|e| e.host_ifname != host_ifname))
+}
+
 fn locked(path: &Path, f: impl FnOnce(&Path) -> Result<Vec<LocalEndpoint>>) -> Result<()> {
     use std::os::fd::AsRawFd;
     if let Some(dir) = path.parent() {

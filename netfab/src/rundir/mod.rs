@@ -111,18 +111,22 @@ pub fn lock_agent(rd: &RunDir, node: &str) -> Result<std::fs::File> {
             continue;
         }
         let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut words = holder.split_whitespace();
+        let (pid, held_for) = (words.next(), words.next());
         bail!(
-            "another netfab agent already runs for node {node} (it holds {}{}); \
-             stop it first: two agents would fight over the same dataplane and leases",
+            "another netfab agent already holds {}{}{}; this one is for node {node}. \
+             Stop the other first, or give each agent its own --run-dir (two agents \
+             sharing a run directory would fight over the same dataplane and leases)",
             path.display(),
-            match holder.trim() {
-                "" => String::new(),
-                pid => format!(", PID {pid}"),
-            }
+            held_for
+                .map(|n| format!(" for node {n}"))
+                .unwrap_or_default(),
+            pid.map(|p| format!(" (PID {p})")).unwrap_or_default(),
         );
     }
     f.set_len(0)?;
-    write!(f, "{}", std::process::id())?;
+    // "PID NODE": a second agent can say who holds the lock.
+    write!(f, "{} {node}", std::process::id())?;
     Ok(f)
 }
 
