@@ -119,10 +119,13 @@ fn running_out_of_file_descriptors_keeps_every_pin_and_traffic() {
         &t.container_ip(1, 1).to_string(),
         600,
     );
-    // Room for what is open now and nothing more: every apply now fails
-    // to open its pins (EMFILE).
+    // No room for any new fd, whatever the agent closes meanwhile: every
+    // apply now fails to open its pins (EMFILE). (A limit of "what is open
+    // now" left room as soon as the agent closed a transient fd, and an ADD
+    // then succeeded: a verdict that hung on timing.)
     let log_before = lab::agent_log(t, 1).len();
-    set_nofile(pid, fd_count(pid) as u64);
+    assert!(fd_count(pid) > 3);
+    set_nofile(pid, 3);
     wait_for("EMFILE in the agent's log", Duration::from_secs(10), || {
         lab::agent_log(t, 1)[log_before..]
             .contains("Too many open files")
