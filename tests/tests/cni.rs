@@ -162,6 +162,53 @@ fn status_follows_the_agent_and_etcd() {
     });
 }
 
+/// An agent restarted while etcd is down runs but cannot vouch for its
+/// subnet: ADD ("try again later") and STATUS say it waits for etcd, never
+/// that it is not running; ADD leaves nothing behind, and works (first ping
+/// answered) once etcd is back.
+#[test]
+fn an_agent_restarted_during_an_etcd_outage_says_it_waits_for_etcd() {
+    require_privileges!();
+    let lab = LabGuard::up("cniw", 2, 1);
+    let t = &lab.topo;
+    let conf = cni::conf(t, 1, "default");
+    lab::stop_etcd(t).unwrap();
+    lab::stop_agent(&t.name, 1, false).unwrap();
+    lab::start_agent(t, 1, None).unwrap();
+    let before = allocations(t);
+    let (id, netns) = new_container(t, "w");
+    let out = wait_for("ADD to name etcd", Duration::from_secs(20), || {
+        let (ok, out) = call(t, "ADD", &id, &netns, &conf);
+        assert!(!ok, "ADD succeeded without etcd: {out}");
+        out["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot reach"))
+            .then_some(out)
+    });
+    assert_eq!(out["code"], 11, "{out}");
+    let msg = out["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("etcd") && !msg.contains("not running"),
+        "{out}"
+    );
+    assert_eq!(allocations(t), before, "the failed ADD left nothing");
+    let (ok, out) = call(t, "STATUS", "", "", &conf);
+    assert!(!ok);
+    assert_eq!(out["code"], 50, "{out}");
+    assert!(
+        out["msg"].as_str().unwrap().contains("cannot reach"),
+        "{out}"
+    );
+    lab::start_etcd(t).unwrap();
+    let r = wait_for("ADD once etcd is back", Duration::from_secs(30), || {
+        let (ok, r) = call(t, "ADD", &id, &netns, &conf);
+        ok.then_some(r)
+    });
+    let ip = result_ip(&r);
+    let st = ping(&t.container_ns(2, 1), &ip, 1, "0.05").unwrap();
+    assert_eq!(st.received, 1, "first ping to the new container answered");
+}
+
 /// A crashed agent is noticed at once: its status file still looks fresh,
 /// but nothing holds its lock. ADD refuses quickly and retryably, leaving
 /// nothing behind, and works again (first ping answered) once it is back.

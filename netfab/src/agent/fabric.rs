@@ -155,6 +155,9 @@ pub struct Fabric<S: SubnetStore> {
     lease_renewed: Option<Instant>,
     /// The plugin's writes wake the loop at once (no polling delay).
     local: Changes,
+    /// Why the last attempt to open a store session failed (for the CNI
+    /// plugin while nothing is listed yet).
+    connect_error: Option<String>,
 }
 
 impl<S: SubnetStore> Fabric<S> {
@@ -188,6 +191,7 @@ impl<S: SubnetStore> Fabric<S> {
             next_list: None,
             ka_tick: tokio::time::interval(ka_every),
             lease_renewed: None,
+            connect_error: None,
             local,
         }
     }
@@ -590,9 +594,13 @@ impl<S: SubnetStore> Source for Fabric<S> {
         let mut dirty = self.load_endpoints().await;
         if !self.store.is_open() && Instant::now() >= self.next_connect {
             match self.open_session().await {
-                Ok(()) => dirty = true,
+                Ok(()) => {
+                    self.connect_error = None;
+                    dirty = true
+                }
                 Err(e) => {
                     warn!("{}: {e:#}; retrying in 1 s", self.store.kind());
+                    self.connect_error = Some(format!("{e:#}"));
                     self.store.close();
                     self.next_connect = Instant::now() + Duration::from_secs(1);
                 }
@@ -641,6 +649,18 @@ impl<S: SubnetStore> Source for Fabric<S> {
             // The periodic checks (re-list, reconnect) and the fallback when
             // inotify is unavailable.
             _ = tokio::time::sleep(Duration::from_millis(200)) => false,
+        }
+    }
+
+    fn waiting_for(&self) -> String {
+        match (&self.connect_error, self.store.is_open()) {
+            (_, true) => "the first listing of the store (connected to etcd)".into(),
+            (Some(e), false) => format!(
+                "etcd, which it cannot reach ({e}); it has not listed the store since it \
+                 started, so it programs no new container until it has (running containers \
+                 keep their network)"
+            ),
+            (None, false) => "its first connection to etcd".into(),
         }
     }
 

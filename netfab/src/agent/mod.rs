@@ -56,6 +56,8 @@ pub struct LoopConfig {
     pub container_mtu: u32,
     /// What the health and metrics endpoints read, if they are served.
     pub observed: Option<crate::serve::observed::Shared>,
+    /// Where to say what the loop waits for before its first report.
+    pub waiting_file: Option<PathBuf>,
 }
 
 /// What a source knows beyond the desired state, for `netfab status`.
@@ -88,6 +90,11 @@ pub trait Source {
     }
     /// After each apply attempt (say, to publish what was leased).
     fn applied(&mut self) {}
+    /// While [`Self::desired`] is `None`: what is missing, as the CNI
+    /// plugin should tell a runtime.
+    fn waiting_for(&self) -> String {
+        "its first desired state".into()
+    }
     async fn shutdown(&mut self) {}
 }
 
@@ -107,12 +114,18 @@ pub async fn run<S: Source, D: Dataplane>(
     // After a failed apply: when to try again (without waiting for the next
     // event or resync, which would leave a waiting CNI ADD to time out).
     let mut retry = Retry::default();
+    let mut waiting = Waiting::default();
     loop {
         if let Some((state, r)) = reports.due() {
             reports.write(cfg, dp.name(), source, &state, &r, applies);
         }
         dirty |= source.refresh().await;
         let due = last_repair.is_none_or(|t| t.elapsed() >= cfg.resync);
+        if reports.last.is_none() {
+            waiting.say(cfg, source.waiting_for());
+        } else {
+            waiting.clear(cfg);
+        }
         if dirty || due {
             if let Some(state) = source.desired() {
                 match state.validate() {
@@ -165,7 +178,7 @@ pub async fn run<S: Source, D: Dataplane>(
                 info!("shutting down; the dataplane stays in place");
                 source.shutdown().await;
                 // Nobody is answering for this host any more.
-                if let Some(p) = &cfg.status_file {
+                for p in [&cfg.status_file, &cfg.waiting_file].into_iter().flatten() {
                     let _ = std::fs::remove_file(p);
                 }
                 return Ok(());
@@ -177,6 +190,39 @@ pub async fn run<S: Source, D: Dataplane>(
                 dirty = true;
             }
         }
+    }
+}
+
+/// `waiting.json` while the loop has not reported: written when what it
+/// waits for changes, removed after the first report.
+#[derive(Default)]
+struct Waiting {
+    said: Option<String>,
+    cleared: bool,
+}
+
+impl Waiting {
+    fn say(&mut self, cfg: &LoopConfig, reason: String) {
+        let Some(path) = &cfg.waiting_file else {
+            return;
+        };
+        if self.said.as_ref() == Some(&reason) {
+            return;
+        }
+        if let Err(e) = crate::rundir::write_waiting(path, &cfg.node, &reason) {
+            warn!("writing {}: {e:#}", path.display());
+        }
+        self.said = Some(reason);
+    }
+
+    fn clear(&mut self, cfg: &LoopConfig) {
+        if self.cleared {
+            return;
+        }
+        if let Some(path) = &cfg.waiting_file {
+            let _ = std::fs::remove_file(path);
+        }
+        self.cleared = true;
     }
 }
 

@@ -64,6 +64,10 @@ impl Source for StateFile {
         false
     }
 
+    fn waiting_for(&self) -> String {
+        format!("a valid state file at {}", self.path.display())
+    }
+
     fn desired(&mut self) -> Option<DesiredState> {
         self.current.clone()
     }

@@ -126,6 +126,7 @@ fn loop_cfg(status_file: Option<PathBuf>) -> LoopConfig {
         underlay_net: Some("100.64.0.1/24".parse().unwrap()),
         container_mtu: 1450,
         observed: None,
+        waiting_file: None,
     }
 }
 

@@ -347,23 +347,37 @@ fn wait_programmed(
     loop {
         // An agent that dies meanwhile will never report: say so at once.
         require_agent(conf)?;
-        let st = read_status(&path)?;
-        if st.programmed.contains(&(ip, host_ifindex)) {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(CniError::new(
-                code::TRY_AGAIN,
-                format!("the netfab agent has not programmed {ip} within 10 s"),
-            )
-            .details(format!(
-                "last report: {} skipped item(s){}",
-                st.skipped.len(),
-                st.skipped
-                    .first()
-                    .map(|s| format!(", first: {s}"))
-                    .unwrap_or_default()
-            )));
+        let st = match read_status(&path) {
+            Ok(st) => Some(st),
+            // A running agent that has not reported yet (just started, or
+            // waiting for etcd): wait for it like for any report, and say
+            // what it waits for if the time runs out.
+            Err(e) if !path.exists() => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(st) = st {
+            if st.programmed.contains(&(ip, host_ifindex)) {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(CniError::new(
+                    code::TRY_AGAIN,
+                    format!("the netfab agent has not programmed {ip} within 10 s"),
+                )
+                .details(format!(
+                    "last report: {} skipped item(s){}",
+                    st.skipped.len(),
+                    st.skipped
+                        .first()
+                        .map(|s| format!(", first: {s}"))
+                        .unwrap_or_default()
+                )));
+            }
         }
         // Woken by the agent's next report; polling only without inotify.
         let next = deadline.min(std::time::Instant::now() + LIVENESS_PROBE);
@@ -600,10 +614,7 @@ fn read_status(path: &std::path::Path) -> Result<Status, CniError> {
     let st: Status = std::fs::read_to_string(path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
-        .ok_or_else(|| {
-            CniError::new(code::TRY_AGAIN, "the netfab agent is not running")
-                .details(format!("no status at {}", path.display()))
-        })?;
+        .ok_or_else(|| not_reported(path))?;
     crate::rundir::check_version(path, st.version)
         .map_err(|e| CniError::new(code::IO, format!("{e:#}")))?;
     let now = std::time::SystemTime::now()
@@ -618,6 +629,33 @@ fn read_status(path: &std::path::Path) -> Result<Status, CniError> {
         );
     }
     Ok(st)
+}
+
+/// No status yet. Callers checked the agent's lock first, so the agent
+/// runs: say what it waits for, not that it is missing.
+fn not_reported(status: &std::path::Path) -> CniError {
+    let waiting = status
+        .parent()
+        .and_then(|d| crate::rundir::read_waiting(&d.join(crate::rundir::WAITING)));
+    match waiting {
+        Some(w) => CniError::new(
+            code::TRY_AGAIN,
+            format!(
+                "the netfab agent runs but is not ready: it waits for {}",
+                w.reason
+            ),
+        )
+        .details(format!(
+            "node {}, waiting for {} s; retry once it has reported",
+            w.node,
+            crate::agent::status::now_secs().saturating_sub(w.since)
+        )),
+        None => CniError::new(
+            code::TRY_AGAIN,
+            "the netfab agent runs but has not reported yet",
+        )
+        .details(format!("no status at {} yet", status.display())),
+    }
 }
 
 /// Ready when the agent reports recently and is connected to etcd.

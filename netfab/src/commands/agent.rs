@@ -146,6 +146,13 @@ pub fn run(a: AgentArgs) -> Result<()> {
     }
     // One agent per node: two would fight over the same maps and leases.
     let _lock = netfab::rundir::lock_agent(&rd, &node)?;
+    // Until the first report, the CNI plugin tells runtimes what we wait for.
+    let _ = std::fs::remove_file(&status_file);
+    if let Err(e) =
+        netfab::rundir::write_waiting(&rd.waiting(), &node, "its start (loading its dataplane)")
+    {
+        warn!("writing {}: {e:#}", rd.waiting().display());
+    }
     runtime()?.block_on(async move {
         let nl = Netlink::connect()?;
         // A state file names its underlay; the flag still wins. A file not
@@ -211,6 +218,7 @@ pub fn run(a: AgentArgs) -> Result<()> {
             underlay_net: Some(underlay_net),
             container_mtu,
             observed: Some(observed),
+            waiting_file: Some(rd.waiting()),
         };
         if let Some(state_file) = a.state_file {
             info!("state-file mode: the desired state comes from {}", state_file.display());

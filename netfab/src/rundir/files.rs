@@ -85,3 +85,16 @@ pub struct PeerStatus {
     pub path: String,
     pub reason: String,
 }
+
+/// What an agent that has not reported yet is waiting for (`waiting.json`,
+/// removed once `status.json` is written): the CNI plugin says this rather
+/// than "not running" while the agent runs but cannot vouch for its subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    #[serde(default = "v1")]
+    pub version: u32,
+    pub node: String,
+    pub reason: String,
+    /// Seconds since the epoch when the agent started waiting for this.
+    pub since: u64,
+}

@@ -7,8 +7,9 @@
 //!
 //! Files (names below, all JSON): `endpoints.json` (the plugin's containers,
 //! written under `endpoints.lock`), `leases.json` (subnets and MTU, from the
-//! agent), `status.json` (what the agent applied), `agent.lock` (one agent
-//! per node).
+//! agent), `status.json` (what the agent applied), `waiting.json` (what an
+//! agent that has not applied yet waits for), `agent.lock` (one agent per
+//! node).
 pub mod endpoints;
 mod files;
 mod notify;
@@ -22,7 +23,7 @@ use anyhow::{bail, Context, Result};
 
 pub use self::{
     endpoints::LocalEndpoint,
-    files::{LeaseFile, NetworkStatus, PeerStatus, Rejected, Status},
+    files::{LeaseFile, NetworkStatus, PeerStatus, Rejected, Status, Waiting},
     notify::{Changes, Waiter},
 };
 
@@ -30,6 +31,7 @@ pub const ENDPOINTS: &str = "endpoints.json";
 pub const LEASES: &str = "leases.json";
 pub const STATUS: &str = "status.json";
 pub const AGENT_LOCK: &str = "agent.lock";
+pub const WAITING: &str = "waiting.json";
 pub const DEFAULT: &str = "/run/netfab";
 
 /// Version of the JSON files written here. A reader refuses a newer one
@@ -64,6 +66,30 @@ impl RunDir {
     pub fn lock(&self) -> PathBuf {
         self.0.join(AGENT_LOCK)
     }
+    pub fn waiting(&self) -> PathBuf {
+        self.0.join(WAITING)
+    }
+}
+
+/// Says what the agent waits for before its first report (see [`Waiting`]).
+pub fn write_waiting(path: &Path, node: &str, reason: &str) -> Result<()> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let w = Waiting {
+        version: FORMAT_VERSION,
+        node: node.to_string(),
+        reason: reason.to_string(),
+        since,
+    };
+    write_atomic(path, &serde_json::to_string_pretty(&w)?)
+}
+
+/// What a running agent that has not reported yet waits for, if it said.
+pub fn read_waiting(path: &Path) -> Option<Waiting> {
+    let w: Waiting = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    (w.version <= FORMAT_VERSION).then_some(w)
 }
 
 /// Refuses a file written in a newer format than this binary knows.
