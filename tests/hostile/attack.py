@@ -17,6 +17,9 @@ what reached them, whatever the headers say.
                                      each target and port; counts IPv6 frames
                                      that come back ("sent N replies M")
   attack.py serve6 SECS PORT         accept TCP on [::]:PORT (IPv6 only)
+  attack.py flood HOST PORT PATH THREADS SECS
+                                     THREADS clients looping GET PATH for
+                                     SECS s ("requests N errors M")
 Lists are comma separated. Prints one result line.
 """
 import logging
@@ -165,6 +168,34 @@ def serve6(secs, port):
         time.sleep(0.01)
 
 
+def flood(host, port, path, threads, secs):
+    import threading
+
+    counts = {"ok": 0, "err": 0}
+    lock = threading.Lock()
+    end = time.time() + secs
+
+    def client():
+        while time.time() < end:
+            try:
+                with socket.create_connection((host, port), timeout=5) as s:
+                    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                    while s.recv(65536):
+                        pass
+                key = "ok"
+            except OSError:
+                key = "err"
+            with lock:
+                counts[key] += 1
+
+    ts = [threading.Thread(target=client) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    print(f"requests {counts['ok']} errors {counts['err']}", flush=True)
+
+
 def serve(secs, ports):
     """Accepts TCP on every address at each port until secs pass: a service
     of the host itself (say, a co-located etcd)."""
@@ -205,6 +236,8 @@ def main():
         ipv6(args[0], split(args[1]), [int(p) for p in split(args[2])])
     elif cmd == "serve6":
         serve6(float(args[0]), int(args[1]))
+    elif cmd == "flood":
+        flood(args[0], int(args[1]), args[2], int(args[3]), float(args[4]))
     elif cmd == "tcp":
         tcp(args[0], int(args[1]), args[2] == "tls")
     else:
