@@ -73,8 +73,21 @@ pub struct IperfServer {
 
 impl IperfServer {
     pub fn start(ns: &str, port: u16) -> Result<Self> {
+        Self::start_on(ns, port, None)
+    }
+
+    /// A server bound to `addr`: on a host with several addresses its UDP
+    /// replies then come from the address the client sent to (unbound, the
+    /// route picks the source and a connected UDP client ignores them).
+    pub fn start_on(ns: &str, port: u16, addr: Option<&str>) -> Result<Self> {
+        let mut args = vec!["netns", "exec", ns, "iperf3", "-s"];
+        if let Some(a) = addr {
+            args.extend(["-B", a]);
+        }
+        let port = port.to_string();
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "iperf3", "-s", "-p", &port.to_string()])
+            .args(args)
+            .args(["-p", &port])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -51,11 +51,35 @@ fn limited(ip: u32, rate: impl Fn(&RateLimit) -> u64) -> Option<(RateLimit, *mut
     Some((limit, st, unsafe { bpf_ktime_get_ns() }))
 }
 
-/// Paces a packet from container `ip` by its egress limit, if it has one.
+/// Paces a packet from container `ip` that leaves the host, by its egress
+/// limit if it has one: stamped with its departure time for `fq`.
 #[inline(always)]
 pub fn pace_egress(ctx: &TcContext, ip: u32) -> Result<(), Verdict> {
+    if let Some((departs, now)) = egress_departure(ctx, ip)? {
+        if departs > now {
+            // SAFETY: plain helper call on the context's skb.
+            unsafe {
+                bpf_skb_set_tstamp(ctx.skb.skb, departs, BPF_SKB_TSTAMP_DELIVERY_MONO);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The same limit for a packet that stays on this host (its gateway, the
+/// host's addresses, a container here): no qdisc holds such packets, so the
+/// pacing horizon is the queue and what exceeds it is dropped (policed).
+#[inline(always)]
+pub fn police_egress(ctx: &TcContext, ip: u32) -> Result<(), Verdict> {
+    egress_departure(ctx, ip).map(|_| ())
+}
+
+/// Books a packet of container `ip` against its egress limit: (departure
+/// time, now), `None` without a limit, a drop beyond the horizon.
+#[inline(always)]
+fn egress_departure(ctx: &TcContext, ip: u32) -> Result<Option<(u64, u64)>, Verdict> {
     let Some((limit, st, now)) = limited(ip, |l| l.egress_bytes_per_sec) else {
-        return Ok(());
+        return Ok(None);
     };
     let cost = ctx.len() as u64 * NSEC_PER_SEC / limit.egress_bytes_per_sec;
     // SAFETY: the pointer comes from a successful lookup in an LRU map the
@@ -77,13 +101,7 @@ pub fn pace_egress(ctx: &TcContext, ip: u32) -> Result<(), Verdict> {
     }
     // SAFETY: as above.
     unsafe { (*st).egress_next_ns = departs };
-    if departs > now {
-        // SAFETY: plain helper call on the context's skb.
-        unsafe {
-            bpf_skb_set_tstamp(ctx.skb.skb, departs, BPF_SKB_TSTAMP_DELIVERY_MONO);
-        }
-    }
-    Ok(())
+    Ok(Some((departs, now)))
 }
 
 /// Polices a packet for container `ip` by its ingress limit, if it has one.

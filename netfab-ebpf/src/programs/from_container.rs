@@ -35,11 +35,14 @@ pub fn try_from_container(ctx: &TcContext) -> Result<Verdict, Verdict> {
         if dst.vni != src.vni {
             return Err(drop_with(DropReason::NetworkMismatch));
         }
+        // Staying on this host: the sender's egress limit polices it.
         if dst.ifindex == HOST_ENDPOINT {
             // This host's gateway address: the stack, behind the guards.
             guard::check(ctx, &frame)?;
+            rate::police_egress(ctx, frame.saddr())?;
             return Ok(to_stack(ctx));
         }
+        rate::police_egress(ctx, frame.saddr())?;
         return deliver_local(ctx, &frame, &dst, Direction::LocalDelivery);
     }
 
@@ -59,7 +62,9 @@ pub fn try_from_container(ctx: &TcContext) -> Result<Verdict, Verdict> {
     }
 
     // The host itself or the outside world: the host stack routes it,
-    // unless it is aimed at the fabric's own plumbing.
+    // unless it is aimed at the fabric's own plumbing. Paced: what leaves
+    // by the underlay meets fq there; what the host takes itself is held
+    // to the same pace by the horizon.
     guard::check(ctx, &frame)?;
     rate::pace_egress(ctx, frame.saddr())?;
     Ok(to_stack(ctx))

@@ -90,6 +90,7 @@ pub fn build(i: StatusInput<'_>, applied_at: u64) -> Status {
             .collect(),
         rejected: i.rejected,
         applies: i.applies,
+        bandwidth: i.report.bandwidth.clone(),
     }
 }
 
@@ -137,6 +138,9 @@ pub fn render(s: &Status) -> String {
     }
     for r in &s.skipped {
         out += &format!("not programmed: {r}\n");
+    }
+    for b in &s.bandwidth {
+        out += &format!("bandwidth {}: {}\n", b.ip, b.how);
     }
     for r in &s.retained {
         out += &format!("retained: {r}\n");

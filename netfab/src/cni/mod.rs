@@ -190,6 +190,7 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
     // No agent, no network: fail before allocating, so nothing is left
     // behind and the runtime retries.
     require_agent(conf)?;
+    refuse_unenforceable_early(conf)?;
     let Lease { subnet, mtu, cidr } = lease(conf)?;
     let route = route_for(conf, &netns, &ifname, cidr)?;
     let runtime_mac = conf.runtime_mac()?;
@@ -261,7 +262,9 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
         .block_on(async { Netlink::connect()?.link(&host_ifname).await })?
         .map(|l| l.facts.ifindex)
         .unwrap_or(0);
-    if let Err(e) = wait_programmed(conf, ip, host_ifindex, waiter) {
+    let programmed = wait_programmed(conf, ip, host_ifindex, waiter)
+        .and_then(|st| bandwidth_enforced(conf, ip, &st));
+    if let Err(e) = programmed {
         // Leave nothing behind: the runtime retries from scratch.
         let _ = forget_endpoint(conf, &host_ifname);
         let _ = remove_veth(&host_ifname);
@@ -295,6 +298,64 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
 /// The runtime's limits, if it set any.
 fn bandwidth(conf: &NetConf) -> Option<crate::bandwidth::Bandwidth> {
     conf.runtime_config.bandwidth.filter(|b| !b.is_unlimited())
+}
+
+/// A container with bandwidth limits: how the agent reports it enforces
+/// them. Not at all (a fallback dataplane) is refused where the network
+/// asks for it (`requireBandwidthEnforcement`), else said on stderr (the
+/// runtime's log).
+fn bandwidth_enforced(conf: &NetConf, ip: std::net::Ipv4Addr, st: &Status) -> Result<(), CniError> {
+    if bandwidth(conf).is_none() {
+        return Ok(());
+    }
+    let how = st.bandwidth.iter().find(|b| b.ip == ip);
+    match how {
+        Some(b) if b.enforced => Ok(()),
+        _ => {
+            let why = how.map_or("the agent reports no enforcement for it", |b| {
+                b.how.as_str()
+            });
+            if conf.require_bandwidth_enforcement {
+                Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("bandwidth limits cannot be enforced on this host ({} dataplane)", st.dataplane),
+                )
+                .details(format!(
+                    "{why}; the network sets requireBandwidthEnforcement, so the container is refused"
+                )))
+            } else {
+                eprintln!("netfab-cni: bandwidth limits of {ip} are not enforced: {why}");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Before anything is made: a limited container on a host whose dataplane
+/// enforces no limits (as its last report says) is refused at once where
+/// the network requires enforcement. What the agent reports for the
+/// programmed container is checked again after (see [`bandwidth_enforced`]).
+fn refuse_unenforceable_early(conf: &NetConf) -> Result<(), CniError> {
+    if bandwidth(conf).is_none() || !conf.require_bandwidth_enforcement {
+        return Ok(());
+    }
+    let Ok(st) = read_status(&run_dir(conf).join(crate::rundir::STATUS)) else {
+        return Ok(());
+    };
+    if st.dataplane == crate::dataplane::kind::DataplaneKind::Ebpf.as_str() {
+        return Ok(());
+    }
+    Err(CniError::new(
+        code::INVALID_CONFIG,
+        format!(
+            "bandwidth limits cannot be enforced on this host ({} dataplane)",
+            st.dataplane
+        ),
+    )
+    .details(
+        "only the eBPF dataplane enforces bandwidth limits; the network sets \
+         requireBandwidthEnforcement, so the container is refused",
+    ))
 }
 
 /// Where this attachment routes through its gateway: everything if it owns
@@ -341,7 +402,7 @@ fn wait_programmed(
     ip: std::net::Ipv4Addr,
     host_ifindex: u32,
     mut waiter: Option<crate::rundir::Waiter>,
-) -> Result<(), CniError> {
+) -> Result<Status, CniError> {
     let path = run_dir(conf).join(crate::rundir::STATUS);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -362,7 +423,7 @@ fn wait_programmed(
         };
         if let Some(st) = st {
             if st.programmed.contains(&(ip, host_ifindex)) {
-                return Ok(());
+                return Ok(st);
             }
             if std::time::Instant::now() >= deadline {
                 return Err(CniError::new(

@@ -92,6 +92,10 @@ pub struct NetConf {
     /// What the runtime passes for the capabilities netfab declares.
     #[serde(default)]
     pub runtime_config: RuntimeConfig,
+    /// Refuse (at ADD) a container whose bandwidth limits this host cannot
+    /// enforce (a fallback dataplane), instead of running it unlimited.
+    #[serde(default)]
+    pub require_bandwidth_enforcement: bool,
 }
 
 fn yes() -> bool {
@@ -306,6 +310,7 @@ mod tests {
             valid_attachments: None,
             default_route: true,
             runtime_config: Default::default(),
+            require_bandwidth_enforcement: false,
         };
         assert!(conf("default", "/run/netfab", "/var/lib/netfab/ipam")
             .validate()

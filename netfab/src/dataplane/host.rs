@@ -187,10 +187,17 @@ impl HostPlumbing {
             ..Default::default()
         };
         if let Some(f) = &fallback {
-            for e in state.endpoints.iter().filter(|e| e.bandwidth.is_some()) {
-                report.skipped.push(super::Skip {
-                    item: super::SkipItem::Endpoint(e.ip),
-                    reason: "bandwidth limits are enforced by the eBPF dataplane only".into(),
+            for e in state
+                .endpoints
+                .iter()
+                .filter(|e| e.bandwidth.is_some_and(|b| !b.is_unlimited()))
+            {
+                report.bandwidth.push(super::BandwidthEnforcement {
+                    ip: e.ip,
+                    enforced: false,
+                    how: "not enforced: bandwidth limits are enforced by the eBPF dataplane \
+                          only, and this host runs a fallback"
+                        .into(),
                 });
             }
             // eBPF checks sources in from_container; the stack-routed

@@ -31,6 +31,19 @@ pub struct ApplyReport {
     pub programmed_endpoints: Vec<(std::net::Ipv4Addr, u32)>,
     /// Per remote subnet, the path its packets take and why.
     pub paths: Vec<PeerPath>,
+    /// Per container with a bandwidth limit, how the kernel enforces it.
+    pub bandwidth: Vec<BandwidthEnforcement>,
+}
+
+/// How a container's bandwidth limits are enforced, as the kernel does it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BandwidthEnforcement {
+    pub ip: std::net::Ipv4Addr,
+    /// False when the limits are not enforced at all (then ADD refuses the
+    /// container where the network asks for enforced limits).
+    pub enforced: bool,
+    /// How, in words: paced, policed, or why not at all.
+    pub how: String,
 }
 
 /// What a skipped item is, so callers (status, CNI ADD) need not parse text.

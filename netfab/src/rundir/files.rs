@@ -60,6 +60,9 @@ pub struct Status {
     /// Applies since the agent started (soak tests and operators watch it move).
     #[serde(default)]
     pub applies: u64,
+    /// How each limited container's bandwidth limits are enforced.
+    #[serde(default)]
+    pub bandwidth: Vec<crate::dataplane::BandwidthEnforcement>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

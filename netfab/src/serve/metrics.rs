@@ -107,6 +107,22 @@ pub fn render(
         for p in st.networks.iter().flat_map(|n| &n.peers) {
             *paths.entry(p.path.as_str()).or_default() += 1;
         }
+        let unenforced = st.bandwidth.iter().filter(|b| !b.enforced).count();
+        m.family(
+            "netfab_bandwidth_limited_endpoints",
+            "gauge",
+            "Local containers with bandwidth limits, by whether the kernel enforces them.",
+        );
+        for (enforced, n) in [
+            ("true", st.bandwidth.len() - unenforced),
+            ("false", unenforced),
+        ] {
+            m.sample(
+                "netfab_bandwidth_limited_endpoints",
+                &[("enforced", enforced)],
+                n as f64,
+            );
+        }
         m.family(
             "netfab_peers",
             "gauge",
@@ -245,6 +261,11 @@ mod tests {
             rejected: Vec::new(),
             retained: Vec::new(),
             applies: 7,
+            bandwidth: vec![crate::dataplane::BandwidthEnforcement {
+                ip: "10.244.1.5".parse().unwrap(),
+                enforced: false,
+                how: "not enforced".into(),
+            }],
         });
         let text = render(&o, None, &[("endpoints", 3, 16384)]);
         for family in [
@@ -255,6 +276,7 @@ mod tests {
             "netfab_lease_ttl_remaining_seconds",
             "netfab_apply_duration_seconds",
             "netfab_map_entries",
+            "netfab_bandwidth_limited_endpoints",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),

@@ -235,32 +235,68 @@ impl EbpfDataplane {
     }
 }
 
-/// Egress limits are paced by departure time; fq on the underlay enforces
-/// them. Without it the limited containers are reported, not refused.
+/// Egress limits are paced by departure time where fq on the underlay
+/// holds packets until then; without fq (this kernel may lack sch_fq) the
+/// same accounting polices them: what would leave later than the pacing
+/// horizon is dropped. Traffic that stays on the host is policed either
+/// way (no qdisc holds it). Ingress is always policed (a token bucket).
+/// Each limited container is reported with how.
 fn pace_on_underlay(state: &DesiredState, report: &mut ApplyReport) {
     let limited: Vec<_> = state
         .endpoints
         .iter()
-        .filter(|e| e.bandwidth.is_some_and(|b| b.limits_egress()))
+        .filter(|e| e.bandwidth.is_some_and(|b| !b.is_unlimited()))
         .collect();
     if limited.is_empty() {
         return;
     }
-    match super::qdisc::ensure_fq(&state.underlay_interface) {
-        Ok(true) => info!(
-            "egress bandwidth limits in use: fq is now the root qdisc of {}",
-            state.underlay_interface
-        ),
-        Ok(false) => {}
-        Err(e) => {
-            warn!("egress bandwidth limits cannot be enforced: {e:#}");
-            for ep in limited {
-                report.skipped.push(super::Skip {
-                    item: super::SkipItem::Endpoint(ep.ip),
-                    reason: format!("egress limit not enforced: {e:#}"),
-                });
+    let egress = if limited
+        .iter()
+        .any(|e| e.bandwidth.is_some_and(|b| b.limits_egress()))
+    {
+        match super::qdisc::ensure_fq(&state.underlay_interface) {
+            Ok(added) => {
+                if added {
+                    info!(
+                        "egress bandwidth limits in use: fq is now the root qdisc of {}",
+                        state.underlay_interface
+                    );
+                }
+                format!(
+                    "egress paced by departure time (fq on {}), policed for what stays on \
+                     this host",
+                    state.underlay_interface
+                )
+            }
+            Err(e) => {
+                warn!("egress bandwidth limits are policed, not paced: {e:#}");
+                format!(
+                    "egress policed, not paced: beyond a 500 ms queue at the rate packets are \
+                     dropped (no fq on {}: {e:#})",
+                    state.underlay_interface
+                )
             }
         }
+    } else {
+        String::new()
+    };
+    for ep in limited {
+        let b = ep.bandwidth.unwrap_or_default();
+        let mut how = Vec::new();
+        if b.limits_egress() {
+            how.push(egress.clone());
+        }
+        if b.ingress_rate > 0 {
+            how.push(format!(
+                "ingress policed by a token bucket of {} bytes",
+                b.rate_limit().ingress_burst_bytes
+            ));
+        }
+        report.bandwidth.push(super::BandwidthEnforcement {
+            ip: ep.ip,
+            enforced: true,
+            how: how.join("; "),
+        });
     }
 }
 
