@@ -496,6 +496,49 @@ fn host_packets_to_remote_containers_are_encapsulated_natively() {
     assert_eq!(out, from_host);
 }
 
+/// The host's own packets reach the VXLAN device through one route per
+/// network CIDR, so `from_host` picks the peer: a VXLAN peer's packet gets
+/// the peer's inner addresses on the device path (whatever the route's one
+/// neighbour said); a direct peer whose MAC the kernel does not know (here
+/// there is no real underlay to look it up on) is reached through VXLAN
+/// meanwhile, TTL untouched; an address nobody holds is dropped. (The
+/// direct path itself: tests/backends.rs, host_to_remote_container.)
+#[test]
+fn host_packets_take_each_peers_path_from_the_maps() {
+    require_privileges!();
+    let mut dp = TestDatapath::load();
+    let hop_mac = [0x0e, 0, 0, 0, 0, 0x99];
+    let frame = |dst: &str| {
+        ethernet(
+            hop_mac,
+            VTEP_LOCAL,
+            ETH_P_IP,
+            &ipv4_icmp(ip("10.0.0.1"), ip(dst), 64),
+        )
+    };
+    let before = dp.counters();
+    for dst in ["10.0.1.9", "10.0.2.7"] {
+        let (verdict, out) = dp.run("from_host", &frame(dst));
+        assert_eq!(verdict, TC_ACT_OK, "{dst}: on to the device");
+        assert_eq!(
+            &out[0..6],
+            &VTEP_REMOTE,
+            "{dst}: inner destination: the peer's VTEP"
+        );
+        assert_eq!(&out[6..12], &VTEP_LOCAL, "{dst}: inner source: ours");
+        assert_eq!(
+            &out[14..],
+            &frame(dst)[14..],
+            "{dst}: the packet untouched, TTL too"
+        );
+    }
+    let (verdict, _) = dp.run("from_host", &frame("10.9.9.9"));
+    assert_eq!(verdict, TC_ACT_SHOT, "nobody's address");
+    let (traffic, drops) = delta(&before, &dp.counters());
+    assert_eq!(traffic, vec![("to_overlay", 2)]);
+    assert_eq!(drops, vec![("no_tunnel_key", 1)]);
+}
+
 /// ECN crosses the tunnel as the kernel carries it: copied to the outer
 /// header, except CE, which becomes ECT(0); the DSCP stays inside.
 #[test]

@@ -1,11 +1,13 @@
 //! `from_host` (TC egress of the collect-metadata VXLAN device): the host's
-//! own packets to remote containers (routed here by the agent's routes) are
-//! encapsulated natively and leave by the underlay interface, before the
-//! device's transmit runs; where native encapsulation is off, they get the
+//! own packets to remote containers. The agent routes each network's whole
+//! CIDR here (one route and one neighbour per network, however many peers:
+//! the peer is chosen here, from the maps). A direct peer's packets leave
+//! by the underlay unencapsulated; the rest are encapsulated natively and
+//! leave by the underlay interface before the device's transmit runs, or,
+//! where native encapsulation is off, get the inner VTEP MACs and the
 //! tunnel key of the destination's host and the device encapsulates them.
-//! The inner Ethernet addresses come from the maps, the same VTEP MACs the
-//! agent writes into the device's neighbour table. Frames redirected here
-//! by `from_container` carry their key already and pass untouched.
+//! An address of the CIDR that no host holds is dropped. Frames redirected
+//! here by `from_container` carry their key already and pass untouched.
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
@@ -14,10 +16,11 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use netfab_common::{Direction, DropReason};
+use netfab_common::{Direction, DropReason, REMOTE_F_DIRECT};
 
 use crate::helpers::{
     counters::{count, drop_with, Verdict},
+    direct,
     encap::{self, set_key},
     maps::{HOST_CONFIG, REMOTE_SUBNETS},
     packet::{parse, Parsed},
@@ -42,10 +45,20 @@ pub fn try_from_host(ctx: &TcContext) -> Result<Verdict, Verdict> {
     let remote = *REMOTE_SUBNETS
         .get(Key::new(32, frame.daddr()))
         .ok_or(drop_with(DropReason::NoTunnelKey))?;
-    if let Some(cfg) = HOST_CONFIG.get(0) {
-        if let Some(v) = encap::native(ctx, frame.tos(), &remote, cfg) {
+    if remote.flags & REMOTE_F_DIRECT != 0 {
+        if let Some(v) = direct::host_to_peer(ctx, &frame, &remote) {
             return v;
         }
+    }
+    let cfg = HOST_CONFIG
+        .get(0)
+        .ok_or(drop_with(DropReason::NoTunnelKey))?;
+    // The inner addresses a kernel VXLAN peer accepts (the network's one
+    // neighbour names no peer): the device path sends the frame as it is.
+    // Written first: growing the frame invalidates the header pointers.
+    frame.set_macs(&cfg.vxlan_mac, &remote.vtep_mac);
+    if let Some(v) = encap::native(ctx, frame.tos(), &remote, cfg) {
+        return v;
     }
     set_key(ctx, &remote)?;
     count(Direction::ToOverlay, ctx.len());

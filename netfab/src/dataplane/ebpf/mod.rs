@@ -301,47 +301,48 @@ fn pace_on_underlay(state: &DesiredState, report: &mut ApplyReport) {
 }
 
 impl EbpfDataplane {
-    /// Routes (and, for the overlay, permanent VTEP neighbours) that carry
-    /// the host's own packets to remote containers: direct peers by their
-    /// underlay address, the rest through the VXLAN device, where
-    /// `from_host` sets the tunnel key. Only for networks this host is in:
-    /// the source address is its gateway in that network.
+    /// The routes that carry the host's own packets into the fabric: one per
+    /// network this host is in, its whole CIDR through the VXLAN device,
+    /// where `from_host` picks the peer and the path (direct or VXLAN) from
+    /// the maps, so the kernel holds nothing per peer. Each route's next hop
+    /// is the local subnet's network address, with one permanent neighbour
+    /// (the frame's addresses are rewritten in `from_host`); its source is
+    /// the local gateway, which every peer accepts. A state file that does
+    /// not give the network's CIDR gets a route per remote subnet instead,
+    /// through the same next hop.
     async fn host_paths(
         &mut self,
         state: &DesiredState,
-        vxlan_ifindex: u32,
-        underlay_ifindex: u32,
+        vxlan: LinkFacts,
         mode: ApplyMode,
         report: &mut ApplyReport,
     ) -> Result<Vec<HostRoute>> {
         let mut routes = Vec::new();
         let mut neighs = BTreeSet::new();
-        for r in &state.remotes {
-            if !state.networks.iter().any(|n| n.vni == r.vni) {
-                continue;
-            }
-            if r.direct {
-                routes.push(HostRoute {
-                    dst: r.subnet,
-                    gateway: Some(r.underlay_ip),
-                    oif: underlay_ifindex,
-                    onlink: false,
-                    src: None,
-                });
-                continue;
-            }
-            let vtep = r.subnet.network();
-            routes.push(HostRoute {
-                dst: r.subnet,
-                gateway: Some(vtep),
-                oif: vxlan_ifindex,
+        for n in &state.networks {
+            let hop = n.subnet.network();
+            let src = Some(crate::ipam::Ipam::gateway(n.subnet));
+            let route = |dst| HostRoute {
+                dst,
+                gateway: Some(hop),
+                oif: vxlan.ifindex,
                 onlink: true,
-                src: None,
-            });
+                src,
+            };
+            match state.cluster_cidrs.iter().find(|c| c.contains(&n.subnet)) {
+                Some(cidr) => routes.push(route(cidr.trunc())),
+                None => routes.extend(
+                    state
+                        .remotes
+                        .iter()
+                        .filter(|r| r.vni == n.vni)
+                        .map(|r| route(r.subnet.trunc())),
+                ),
+            }
             neighs.insert(Neigh {
-                ifindex: vxlan_ifindex,
-                ip: vtep,
-                mac: r.vtep_mac,
+                ifindex: vxlan.ifindex,
+                ip: hop,
+                mac: vxlan.mac,
             });
         }
         // Trusted from the last apply, or read back (a repair, or when one
@@ -349,7 +350,7 @@ impl EbpfDataplane {
         let written = match (mode, self.vtep_neighs.take()) {
             (ApplyMode::Changes, Some(w)) if w.is_subset(&neighs) => w,
             _ => {
-                let have = self.netlink.neigh_list_ip(vxlan_ifindex).await?;
+                let have = self.netlink.neigh_list_ip(vxlan.ifindex).await?;
                 let mut kept = BTreeSet::new();
                 for (n, msg) in have {
                     if neighs.contains(&n) {
@@ -447,9 +448,7 @@ impl Dataplane for EbpfDataplane {
         };
         let attached = self.attach_all(&wanted, &mut report)?;
         report.attached = attached.len();
-        let routes = self
-            .host_paths(state, vxlan.ifindex, underlay_ifindex, mode, &mut report)
-            .await?;
+        let routes = self.host_paths(state, vxlan, mode, &mut report).await?;
         pace_on_underlay(state, &mut report);
         self.host
             .apply(
