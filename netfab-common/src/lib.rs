@@ -48,8 +48,10 @@ pub mod programs {
 }
 
 pub const MAX_ENDPOINTS: u32 = 16384;
-pub const MAX_REMOTE_SUBNETS: u32 = 16384;
-pub const MAX_HOSTS: u32 = 16384;
+/// Room for 50,000 hosts and more (an LPM trie allocates per entry; the
+/// known-hosts hash preallocates 65,536 small entries, about 5 MB).
+pub const MAX_REMOTE_SUBNETS: u32 = 65536;
+pub const MAX_HOSTS: u32 = 65536;
 pub const MAX_NETWORKS: u32 = 256;
 pub const MAX_GUARDS: u32 = 256;
 

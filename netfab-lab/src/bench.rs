@@ -41,6 +41,11 @@ pub struct PathResult {
     /// 64-byte UDP datagrams per second received (iperf3, unthrottled).
     pub udp64_pps: f64,
     pub udp64_ratio: f64,
+    /// During the one-stream run: segments the receiver queued out of
+    /// order (TcpExtTCPOFOQueue) and duplicate SACKs the sender got for
+    /// spurious retransmits (TcpExtTCPDSACKRecv).
+    pub ofo_segments_1_stream: f64,
+    pub dsacks_1_stream: f64,
 }
 
 struct Path_ {
@@ -53,6 +58,8 @@ struct Path_ {
 #[derive(Default)]
 struct Samples {
     one: Vec<f64>,
+    ofo: Vec<f64>,
+    dsacks: Vec<f64>,
     four: Vec<f64>,
     rr: Vec<rr::RrResult>,
     ping_us: Vec<f64>,
@@ -174,19 +181,48 @@ fn cpus() -> Option<(u32, u32)> {
     (n >= 2).then_some((0, 1))
 }
 
+/// A TcpExt counter of namespace `ns` (its /proc/net/netstat).
+fn tcp_ext(ns: &str, name: &str) -> Result<u64> {
+    let text = crate::sh::in_ns(ns, "cat", &["/proc/net/netstat"])?;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (
+        lines.next().context("no TcpExt names")?,
+        lines.next().context("no TcpExt values")?,
+    );
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .with_context(|| format!("no TcpExt {name} in {ns}"))
+}
+
 fn measure_once(p: &Path_, secs: u32, rr_secs: u32, s: &mut Samples) -> Result<()> {
     let cpus = cpus();
     let _iperf = IperfServer::start(&p.server_ns, 5202)?;
-    for (streams, out) in [(1, &mut s.one), (4, &mut s.four)] {
-        out.push(iperf3_pinned(
-            &p.client_ns,
-            &p.server_ip,
-            5202,
-            secs,
-            streams,
-            cpus,
-        )?);
-    }
+    // Reordering on the one-stream run, read off both ends' TCP.
+    let ofo0 = tcp_ext(&p.server_ns, "TCPOFOQueue")?;
+    let dsack0 = tcp_ext(&p.client_ns, "TCPDSACKRecv")?;
+    s.one.push(iperf3_pinned(
+        &p.client_ns,
+        &p.server_ip,
+        5202,
+        secs,
+        1,
+        cpus,
+    )?);
+    s.ofo
+        .push((tcp_ext(&p.server_ns, "TCPOFOQueue")? - ofo0) as f64);
+    s.dsacks
+        .push((tcp_ext(&p.client_ns, "TCPDSACKRecv")? - dsack0) as f64);
+    s.four.push(iperf3_pinned(
+        &p.client_ns,
+        &p.server_ip,
+        5202,
+        secs,
+        4,
+        cpus,
+    )?);
     s.pps
         .push(udp64_pps(&p.client_ns, &p.server_ip, 5202, secs, cpus)?);
     s.ping_us.push(ping_rtt_us(&p.client_ns, &p.server_ip)?);
@@ -258,9 +294,11 @@ fn measure(
             measure_once(p, secs, rr_secs, s)?;
             let rr = s.rr.last().expect("just measured");
             say(format!(
-                "rep {r}/{reps} {:<21} 1 stream {:6.2} Gbit/s  4 streams {:6.2} Gbit/s  RR {:7.0}/s mean {:5.1} µs  ping {:5.1} µs  UDP64 {:8.0}/s",
+                "rep {r}/{reps} {:<21} 1 stream {:6.2} Gbit/s ({} out of order, {} DSACKs)  4 streams {:6.2} Gbit/s  RR {:7.0}/s mean {:5.1} µs  ping {:5.1} µs  UDP64 {:8.0}/s",
                 p.name,
                 s.one.last().expect("just measured"),
+                s.ofo.last().expect("just measured"),
+                s.dsacks.last().expect("just measured"),
                 s.four.last().expect("just measured"),
                 rr.per_sec,
                 rr.mean_us,
@@ -286,6 +324,8 @@ fn measure(
             ping_ratio: 0.0,
             udp64_pps: median(s.pps),
             udp64_ratio: 0.0,
+            ofo_segments_1_stream: median(s.ofo),
+            dsacks_1_stream: median(s.dsacks),
         })
         .collect();
     let raw = results[0].clone();
@@ -313,15 +353,17 @@ fn measure(
 pub fn table(results: &[PathResult], reps: u32, secs: u32) -> String {
     let mut s = format!(
         "medians of {reps} interleaved repetitions, iperf3 {secs} s per run\n\n\
-         | path | 1 stream Gbit/s | ratio | 4 streams Gbit/s | ratio | TCP_RR /s | RR mean µs | RR p99 µs | latency ratio | ping median µs | ratio | UDP 64 B /s | ratio |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+         | path | 1 stream Gbit/s | ratio | out of order | DSACKs | 4 streams Gbit/s | ratio | TCP_RR /s | RR mean µs | RR p99 µs | latency ratio | ping median µs | ratio | UDP 64 B /s | ratio |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in results {
         s += &format!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.0} | {:.2} |\n",
+            "| {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.0} | {:.2} |\n",
             r.path,
             r.gbps_1_stream,
             r.ratio_1_stream,
+            r.ofo_segments_1_stream,
+            r.dsacks_1_stream,
             r.gbps_4_streams,
             r.ratio_4_streams,
             r.rr_per_sec,

@@ -150,6 +150,11 @@ enum LabCmd {
         /// Simulated host counts for the scale bench.
         #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
         scale_hosts: Vec<u32>,
+        /// How the scale bench's leases arrive: `burst` (as fast as etcd
+        /// takes them, /24s, the agent's defaults) and `batches` (100 per
+        /// transaction over 2 s, /26s, the lab's repair interval).
+        #[arg(long, value_delimiter = ',', default_value = "burst,batches")]
+        scale_patterns: Vec<lab::scale::Pattern>,
         /// Seconds the idle agent is watched at each scale size.
         #[arg(long, default_value_t = 60)]
         idle_secs: u32,
@@ -219,6 +224,7 @@ fn run(cmd: LabCmd) -> Result<()> {
         LabCmd::Bench {
             what,
             scale_hosts,
+            scale_patterns,
             idle_secs,
             fanout_agents,
             fanout_members,
@@ -234,7 +240,13 @@ fn run(cmd: LabCmd) -> Result<()> {
             }
             if what.contains(&BenchPart::Scale) {
                 let idle = std::time::Duration::from_secs(idle_secs.into());
-                lab::scale::run(&scale_hosts, idle, bpf_object.as_deref(), &out)?;
+                lab::scale::run(
+                    &scale_hosts,
+                    &scale_patterns,
+                    idle,
+                    bpf_object.as_deref(),
+                    &out,
+                )?;
             }
             if what.contains(&BenchPart::Fanout) {
                 lab::fanout::run(

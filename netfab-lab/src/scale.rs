@@ -2,8 +2,15 @@
 //! into the lab's real etcd (they need no namespaces), one real agent
 //! measured. Figures, not assertions: how long until all N are in the
 //! agent's eBPF map, how long one more lease takes with N present, what
-//! the agent costs in memory and CPU, and how many requests it makes of
-//! etcd while idle (etcd's own /metrics).
+//! the agent costs in memory and CPU, how many requests it makes of etcd
+//! while idle (etcd's own /metrics), and how many kernel routes and
+//! neighbours it holds (none per peer on eBPF).
+//!
+//! Two patterns: `burst` (all leases in as few transactions as etcd takes,
+//! /24 subnets, the agent's default intervals) and `batches` (as an
+//! independent probe wrote them: transactions of 100 spread over about two
+//! seconds, /26 subnets, the lab's intervals: a repair every 5 s). The
+//! simulated hosts sit behind a router in both (VXLAN peers).
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
@@ -24,9 +31,51 @@ use serde::Serialize;
 
 use crate::{say, topology::Topology};
 
-/// The network the simulated hosts lease in: room for 16,384 /24s.
+/// The network the simulated hosts lease in: room for 16,384 /24s (or
+/// 65,536 /26s).
 pub(crate) const NET: &str = "scale";
 pub(crate) const CIDR: &str = "10.128.0.0/10";
+
+/// How the leases arrive and what the agent runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    /// Transactions of 128 as fast as etcd takes them; /24s; the agent's
+    /// default intervals.
+    Burst,
+    /// Transactions of 100 over about 2 s; /26s; the lab's intervals.
+    Batches,
+}
+
+impl Pattern {
+    /// /26 where N hosts' /24s would not fit the CIDR (16,384).
+    pub fn subnet_len(self, hosts: u32) -> u8 {
+        match self {
+            Pattern::Burst if hosts as usize + SINGLES < 16_000 => 24,
+            _ => 26,
+        }
+    }
+    fn resync_ms(self) -> u32 {
+        match self {
+            // The agent's own default repair interval.
+            Pattern::Burst => 60_000,
+            Pattern::Batches => Topology::new("x", 1, 1).map_or(5000, |t| t.resync_ms),
+        }
+    }
+    fn txn(self) -> usize {
+        match self {
+            Pattern::Burst => TXN_OPS,
+            Pattern::Batches => 100,
+        }
+    }
+    /// The whole write is spread over this long.
+    fn spread(self) -> Duration {
+        match self {
+            Pattern::Burst => Duration::ZERO,
+            Pattern::Batches => Duration::from_secs(2),
+        }
+    }
+}
 /// etcd's default limit of operations per transaction.
 const TXN_OPS: usize = 128;
 /// One-more-lease samples per size.
@@ -34,7 +83,9 @@ const SINGLES: usize = 20;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleResult {
+    pub pattern: Pattern,
     pub hosts: u32,
+    pub subnet_len: u8,
     /// From the last write until every simulated subnet is in the map.
     pub all_programmed_ms: f64,
     /// One more lease with N present, until its map entry is there.
@@ -48,11 +99,19 @@ pub struct ScaleResult {
     pub idle_cpu_pct: f64,
     /// etcd requests per minute while the agent is idle, by gRPC method.
     pub etcd_per_min: BTreeMap<String, f64>,
+    /// netfab's routes and the VXLAN device's permanent neighbours in the
+    /// agent's namespace with all N programmed.
+    pub kernel_routes: usize,
+    pub kernel_neighbours: usize,
 }
 
 pub(crate) fn subnet(i: u32) -> Ipv4Net {
+    subnet_of(24, i)
+}
+
+fn subnet_of(len: u8, i: u32) -> Ipv4Net {
     let base = u32::from(Ipv4Addr::new(10, 128, 0, 0));
-    Ipv4Net::new(Ipv4Addr::from(base + (i << 8)), 24).expect("a /24")
+    Ipv4Net::new(Ipv4Addr::from(base + (i << (32 - len))), len).expect("a subnet")
 }
 
 /// A simulated host's underlay address: behind the router, so VXLAN.
@@ -74,10 +133,26 @@ pub(crate) fn lease_value(i: u32) -> Vec<u8> {
 
 /// Writes the leases of simulated hosts `ids` in transactions of TXN_OPS.
 pub(crate) async fn write_leases(client: &mut Client, keys: &Keys, ids: &[u32]) -> Result<()> {
-    for chunk in ids.chunks(TXN_OPS) {
+    write_pattern(client, keys, Pattern::Burst, 24, ids).await
+}
+
+/// Writes the leases of simulated hosts `ids` as `p` says.
+async fn write_pattern(
+    client: &mut Client,
+    keys: &Keys,
+    p: Pattern,
+    len: u8,
+    ids: &[u32],
+) -> Result<()> {
+    let chunks = ids.len().div_ceil(p.txn()).max(1);
+    let gap = p.spread() / chunks as u32;
+    for (n, chunk) in ids.chunks(p.txn()).enumerate() {
+        if n > 0 && !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
         let ops: Vec<TxnOp> = chunk
             .iter()
-            .map(|&i| TxnOp::put(keys.lease(NET, &subnet(i)), lease_value(i), None))
+            .map(|&i| TxnOp::put(keys.lease(NET, &subnet_of(len, i)), lease_value(i), None))
             .collect();
         client
             .txn(Txn::new().and_then(ops))
@@ -89,10 +164,19 @@ pub(crate) async fn write_leases(client: &mut Client, keys: &Keys, ids: &[u32]) 
 
 /// Whether simulated host `i`'s subnet is in the map, pointing at it.
 pub(crate) fn programmed(maps: &BpfMaps, i: u32) -> bool {
-    maps.remote_subnet(subnet(i))
+    programmed_of(maps, 24, i)
+}
+
+fn programmed_of(maps: &BpfMaps, len: u8, i: u32) -> bool {
+    maps.remote_subnet(subnet_of(len, i))
         .ok()
         .flatten()
         .is_some_and(|r| r.underlay_ip == u32::from(underlay(i)))
+}
+
+/// Lines `ip ARGS` prints in namespace `ns`.
+fn count_lines(ns: &str, args: &[&str]) -> Result<usize> {
+    Ok(crate::sh::ip_in(ns, args)?.lines().count())
 }
 
 /// (utime + stime) of `pid`, seconds.
@@ -142,7 +226,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Measures one size on a lab that is up (one host, plain etcd). Runs in
 /// the etcd namespace (the caller's thread has entered it).
-fn measure(t: &Topology, hosts: u32, idle: Duration) -> Result<ScaleResult> {
+fn measure(t: &Topology, p: Pattern, hosts: u32, idle: Duration) -> Result<ScaleResult> {
+    let len = p.subnet_len(hosts);
     let pid = crate::agent_pid(&t.name, 1).context("the agent is not running")?;
     let etcd = format!("{}:2379", crate::topology::ETCD_IP);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -159,7 +244,7 @@ fn measure(t: &Topology, hosts: u32, idle: Duration) -> Result<ScaleResult> {
         || crate::read_leases(t, 1)?.subnets.get(NET).copied(),
     )?;
     let ids: Vec<u32> = (0..)
-        .filter(|&i| subnet(i) != own)
+        .filter(|&i| !own.contains(&subnet_of(len, i).network()))
         .take(hosts as usize + SINGLES)
         .collect();
     let (bulk, singles) = ids.split_at(hosts as usize);
@@ -167,19 +252,34 @@ fn measure(t: &Topology, hosts: u32, idle: Duration) -> Result<ScaleResult> {
 
     let cpu0 = cpu_secs(pid)?;
     say(format!("scale {hosts}: writing the leases"));
-    rt.block_on(write_leases(&mut client, &keys, bulk))?;
+    rt.block_on(write_pattern(&mut client, &keys, p, len, bulk))?;
     let written = Instant::now();
     let last = *bulk.last().context("no hosts")?;
     wait(
         "the last lease in the map",
         Duration::from_secs(120),
-        || programmed(&maps, last).then_some(()),
+        || programmed_of(&maps, len, last).then_some(()),
     )?;
     wait("every lease in the map", Duration::from_secs(120), || {
-        bulk.iter().all(|&i| programmed(&maps, i)).then_some(())
+        bulk.iter()
+            .all(|&i| programmed_of(&maps, len, i))
+            .then_some(())
     })?;
     let all_programmed_ms = written.elapsed().as_secs_f64() * 1e3;
     let agent_cpu_load_s = cpu_secs(pid)? - cpu0;
+    let host = t.host_ns(1);
+    let kernel_routes = count_lines(&host, &["route", "show", "proto", "212"])?;
+    let kernel_neighbours = count_lines(
+        &host,
+        &[
+            "neigh",
+            "show",
+            "dev",
+            netfab::state::DEFAULT_VXLAN_DEVICE,
+            "nud",
+            "permanent",
+        ],
+    )?;
     say(format!(
         "scale {hosts}: all programmed {all_programmed_ms:.0} ms after the last write"
     ));
@@ -188,10 +288,10 @@ fn measure(t: &Topology, hosts: u32, idle: Duration) -> Result<ScaleResult> {
     for &i in singles {
         // Let the previous one settle: each sample is one lone event.
         std::thread::sleep(Duration::from_millis(100));
-        rt.block_on(write_leases(&mut client, &keys, &[i]))?;
+        rt.block_on(write_pattern(&mut client, &keys, p, len, &[i]))?;
         let put = Instant::now();
         wait("one more lease in the map", Duration::from_secs(30), || {
-            programmed(&maps, i).then_some(())
+            programmed_of(&maps, len, i).then_some(())
         })?;
         one_more.push(put.elapsed().as_secs_f64() * 1e3);
     }
@@ -209,7 +309,9 @@ fn measure(t: &Topology, hosts: u32, idle: Duration) -> Result<ScaleResult> {
         .filter(|(_, v)| *v > 0.0)
         .collect();
     let result = ScaleResult {
+        pattern: p,
         hosts,
+        subnet_len: len,
         all_programmed_ms,
         one_more_median_ms,
         one_more_max_ms,
@@ -218,6 +320,8 @@ fn measure(t: &Topology, hosts: u32, idle: Duration) -> Result<ScaleResult> {
         agent_cpu_load_s,
         idle_cpu_pct: (c1 - c0) / secs * 100.0,
         etcd_per_min,
+        kernel_routes,
+        kernel_neighbours,
     };
     // The next size starts from none.
     rt.block_on(client.delete(
@@ -231,16 +335,19 @@ fn measure(t: &Topology, hosts: u32, idle: Duration) -> Result<ScaleResult> {
 /// agent measured, the lab removed.
 pub fn run(
     sizes: &[u32],
+    patterns: &[Pattern],
     idle: Duration,
     bpf_object: Option<&Path>,
     out_dir: &Path,
 ) -> Result<Vec<ScaleResult>> {
     let mut results = Vec::new();
-    for &n in sizes {
+    for (&p, &n) in patterns
+        .iter()
+        .flat_map(|p| sizes.iter().map(move |n| (p, n)))
+    {
         let mut t = Topology::new("scale", 1, 1)?;
         t.etcd_tls = false;
-        // The agent's own default repair interval, not the lab's quick one.
-        t.resync_ms = 60_000;
+        t.resync_ms = p.resync_ms();
         let _ = crate::down(&t.name);
         let r = (|| -> Result<ScaleResult> {
             let t = crate::up(&t, bpf_object)?;
@@ -253,7 +360,7 @@ pub fn run(
                     "--cidr",
                     CIDR,
                     "--subnet-len",
-                    "24",
+                    &p.subnet_len(n).to_string(),
                     "--vni",
                     "2",
                 ],
@@ -262,7 +369,7 @@ pub fn run(
             std::thread::scope(|s| {
                 s.spawn(|| {
                     netfab::netns::enter(&ns)?;
-                    measure(&t, n, idle)
+                    measure(&t, p, n, idle)
                 })
                 .join()
                 .expect("measuring thread")
@@ -285,8 +392,8 @@ pub fn run(
 
 pub fn table(results: &[ScaleResult]) -> String {
     let mut s = String::from(
-        "| hosts | all programmed after last write | one more lease (median / max) | agent RSS | agent CPU taking them in | idle agent CPU | etcd requests per minute while idle |\n\
-         |---:|---:|---:|---:|---:|---:|---|\n",
+        "| pattern | hosts | all programmed after last write | one more lease (median / max) | agent RSS | agent CPU taking them in | idle agent CPU | kernel routes / neighbours | etcd requests per minute while idle |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in results {
         let reqs = r
@@ -296,7 +403,9 @@ pub fn table(results: &[ScaleResult]) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         s += &format!(
-            "| {} | {:.0} ms | {:.1} / {:.1} ms | {:.1} MB | {:.2} s | {:.2} % | {} |\n",
+            "| {:?} (/{}) | {} | {:.0} ms | {:.1} / {:.1} ms | {:.1} MB | {:.2} s | {:.2} % | {} / {} | {} |\n",
+            r.pattern,
+            r.subnet_len,
             r.hosts,
             r.all_programmed_ms,
             r.one_more_median_ms,
@@ -304,6 +413,8 @@ pub fn table(results: &[ScaleResult]) -> String {
             r.agent_rss_mb,
             r.agent_cpu_load_s,
             r.idle_cpu_pct,
+            r.kernel_routes,
+            r.kernel_neighbours,
             if reqs.is_empty() { "none".into() } else { reqs }
         );
     }

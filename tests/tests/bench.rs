@@ -62,6 +62,10 @@ fn bench_measures_every_path_and_writes_table_json_and_chart() {
         ] {
             assert!(r[k].as_f64().unwrap() > 0.0, "{k} of {}", r["path"]);
         }
+        // Counted from both ends' TCP (zero is a fair count).
+        for k in ["ofo_segments_1_stream", "dsacks_1_stream"] {
+            assert!(r[k].as_f64().is_some(), "{k} of {}", r["path"]);
+        }
     }
     assert_eq!(json[0]["ratio_1_stream"].as_f64(), Some(1.0));
     let png = std::fs::read(out_dir.join("bench.png")).unwrap();
@@ -95,6 +99,8 @@ fn scale_bench_programs_the_simulated_hosts_and_reports() {
             "scale",
             "--scale-hosts",
             "200,400",
+            "--scale-patterns",
+            "burst,batches",
             "--idle-secs",
             "2",
             "--out",
@@ -109,10 +115,23 @@ fn scale_bench_programs_the_simulated_hosts_and_reports() {
     let rows = json.as_array().unwrap();
     assert_eq!(
         rows.iter()
-            .map(|r| r["hosts"].as_u64().unwrap())
+            .map(|r| (r["pattern"].as_str().unwrap(), r["hosts"].as_u64().unwrap()))
             .collect::<Vec<_>>(),
-        [200, 400]
+        [
+            ("burst", 200),
+            ("burst", 400),
+            ("batches", 200),
+            ("batches", 400)
+        ]
     );
+    // On eBPF the kernel holds nothing per peer: the same routes and
+    // neighbours at 200 peers and at 400.
+    for pair in rows.chunks(2) {
+        for k in ["kernel_routes", "kernel_neighbours"] {
+            assert_eq!(pair[0][k], pair[1][k], "{k}: {pair:?}");
+            assert!(pair[0][k].as_u64().unwrap() < 10, "{k}: {pair:?}");
+        }
+    }
     for r in rows {
         for k in [
             "all_programmed_ms",
@@ -128,7 +147,7 @@ fn scale_bench_programs_the_simulated_hosts_and_reports() {
     let table = std::fs::read_to_string(out_dir.join("scale.md")).unwrap();
     assert_eq!(
         table.lines().filter(|l| l.starts_with("| ")).count(),
-        3,
+        5,
         "{table}"
     );
     assert!(
@@ -187,7 +206,7 @@ fn fanout_bench_shows_the_grpc_proxy_coalescing_the_agents_watches() {
     let table = std::fs::read_to_string(out_dir.join("fanout.md")).unwrap();
     assert_eq!(
         table.lines().filter(|l| l.starts_with("| ")).count(),
-        3,
+        5,
         "{table}"
     );
     assert!(

@@ -86,8 +86,13 @@ fn cross_host_and_local_traffic_takes_the_ebpf_path() {
     let h1c = lab.counters(1);
     let local = h1c.traffic["local_delivery"].packets - h1b.traffic["local_delivery"].packets;
     assert!(local > 1000, "local deliveries {local}");
+    // The containers' own IPv6 chatter at link-up (duplicate address
+    // detection, router solicitations) is dropped as not_ipv4: IPv6 is not
+    // carried yet. Nothing else.
     assert!(
-        h1c.drops.values().all(|&d| d == 0),
+        h1c.drops
+            .iter()
+            .all(|(reason, &d)| d == 0 || *reason == "not_ipv4"),
         "no drops in normal traffic: {:?}",
         h1c.drops
     );

@@ -239,7 +239,9 @@ fn native_vxlan_keeps_gso_and_talks_to_device_and_kernel_vxlan_hosts() {
         .counters(1)
         .drops
         .into_iter()
-        .filter(|(_, n)| *n > 0)
+        // The containers' own IPv6 chatter at link-up is dropped as
+        // not_ipv4 (IPv6 is not carried yet); nothing else may be.
+        .filter(|(reason, n)| *n > 0 && *reason != "not_ipv4")
         .collect();
     assert!(drops.is_empty(), "{drops:?}");
 }
