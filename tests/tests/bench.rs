@@ -133,14 +133,12 @@ fn scale_bench_programs_the_simulated_hosts_and_reports() {
         }
     }
     for r in rows {
-        for k in [
-            "all_programmed_ms",
-            "one_more_median_ms",
-            "agent_rss_mb",
-            "agent_cpu_load_s",
-        ] {
+        for k in ["all_programmed_ms", "one_more_median_ms", "agent_rss_mb"] {
             assert!(r[k].as_f64().unwrap() > 0.0, "{k} of {r}");
         }
+        // Counted in clock ticks (10 ms): a few hundred leases may cost
+        // less than one now that no route is written per peer.
+        assert!(r["agent_cpu_load_s"].as_f64().unwrap() >= 0.0, "{r}");
         assert_eq!(r["one_more_samples_ms"].as_array().unwrap().len(), 20);
         assert!(r["etcd_per_min"].is_object());
     }
