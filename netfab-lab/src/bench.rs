@@ -46,6 +46,9 @@ pub struct PathResult {
     /// spurious retransmits (TcpExtTCPDSACKRecv).
     pub ofo_segments_1_stream: f64,
     pub dsacks_1_stream: f64,
+    /// Segments the sender retransmitted (Tcp RetransSegs): with few
+    /// DSACKs, out-of-order segments come from loss, not reordering.
+    pub retransmits_1_stream: f64,
 }
 
 struct Path_ {
@@ -60,6 +63,7 @@ struct Samples {
     one: Vec<f64>,
     ofo: Vec<f64>,
     dsacks: Vec<f64>,
+    retrans: Vec<f64>,
     four: Vec<f64>,
     rr: Vec<rr::RrResult>,
     ping_us: Vec<f64>,
@@ -183,18 +187,30 @@ fn cpus() -> Option<(u32, u32)> {
 
 /// A TcpExt counter of namespace `ns` (its /proc/net/netstat).
 fn tcp_ext(ns: &str, name: &str) -> Result<u64> {
-    let text = crate::sh::in_ns(ns, "cat", &["/proc/net/netstat"])?;
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    proto_stat(ns, "/proc/net/netstat", "TcpExt:", name)
+}
+
+/// A counter of `/proc/net/snmp` or `/proc/net/netstat` in `ns`: a line of
+/// names and a line of values, both starting with `prefix`.
+fn proto_stat(ns: &str, file: &str, prefix: &str, name: &str) -> Result<u64> {
+    let text = crate::sh::in_ns(ns, "cat", &[file])?;
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
     let (names, values) = (
-        lines.next().context("no TcpExt names")?,
-        lines.next().context("no TcpExt values")?,
+        lines.next().with_context(|| format!("no {prefix} names"))?,
+        lines
+            .next()
+            .with_context(|| format!("no {prefix} values"))?,
     );
     names
         .split_whitespace()
         .zip(values.split_whitespace())
         .find(|(n, _)| *n == name)
         .and_then(|(_, v)| v.parse().ok())
-        .with_context(|| format!("no TcpExt {name} in {ns}"))
+        .with_context(|| format!("no {prefix} {name} in {ns}"))
+}
+
+fn retrans_segs(ns: &str) -> Result<u64> {
+    proto_stat(ns, "/proc/net/snmp", "Tcp:", "RetransSegs")
 }
 
 fn measure_once(p: &Path_, secs: u32, rr_secs: u32, s: &mut Samples) -> Result<()> {
@@ -203,6 +219,7 @@ fn measure_once(p: &Path_, secs: u32, rr_secs: u32, s: &mut Samples) -> Result<(
     // Reordering on the one-stream run, read off both ends' TCP.
     let ofo0 = tcp_ext(&p.server_ns, "TCPOFOQueue")?;
     let dsack0 = tcp_ext(&p.client_ns, "TCPDSACKRecv")?;
+    let retrans0 = retrans_segs(&p.client_ns)?;
     s.one.push(iperf3_pinned(
         &p.client_ns,
         &p.server_ip,
@@ -215,6 +232,8 @@ fn measure_once(p: &Path_, secs: u32, rr_secs: u32, s: &mut Samples) -> Result<(
         .push((tcp_ext(&p.server_ns, "TCPOFOQueue")? - ofo0) as f64);
     s.dsacks
         .push((tcp_ext(&p.client_ns, "TCPDSACKRecv")? - dsack0) as f64);
+    s.retrans
+        .push((retrans_segs(&p.client_ns)? - retrans0) as f64);
     s.four.push(iperf3_pinned(
         &p.client_ns,
         &p.server_ip,
@@ -294,11 +313,12 @@ fn measure(
             measure_once(p, secs, rr_secs, s)?;
             let rr = s.rr.last().expect("just measured");
             say(format!(
-                "rep {r}/{reps} {:<21} 1 stream {:6.2} Gbit/s ({} out of order, {} DSACKs)  4 streams {:6.2} Gbit/s  RR {:7.0}/s mean {:5.1} µs  ping {:5.1} µs  UDP64 {:8.0}/s",
+                "rep {r}/{reps} {:<21} 1 stream {:6.2} Gbit/s ({} out of order, {} DSACKs, {} retransmits)  4 streams {:6.2} Gbit/s  RR {:7.0}/s mean {:5.1} µs  ping {:5.1} µs  UDP64 {:8.0}/s",
                 p.name,
                 s.one.last().expect("just measured"),
                 s.ofo.last().expect("just measured"),
                 s.dsacks.last().expect("just measured"),
+                s.retrans.last().expect("just measured"),
                 s.four.last().expect("just measured"),
                 rr.per_sec,
                 rr.mean_us,
@@ -326,6 +346,7 @@ fn measure(
             udp64_ratio: 0.0,
             ofo_segments_1_stream: median(s.ofo),
             dsacks_1_stream: median(s.dsacks),
+            retransmits_1_stream: median(s.retrans),
         })
         .collect();
     let raw = results[0].clone();
@@ -353,17 +374,18 @@ fn measure(
 pub fn table(results: &[PathResult], reps: u32, secs: u32) -> String {
     let mut s = format!(
         "medians of {reps} interleaved repetitions, iperf3 {secs} s per run\n\n\
-         | path | 1 stream Gbit/s | ratio | out of order | DSACKs | 4 streams Gbit/s | ratio | TCP_RR /s | RR mean µs | RR p99 µs | latency ratio | ping median µs | ratio | UDP 64 B /s | ratio |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+         | path | 1 stream Gbit/s | ratio | out of order | DSACKs | retransmits | 4 streams Gbit/s | ratio | TCP_RR /s | RR mean µs | RR p99 µs | latency ratio | ping median µs | ratio | UDP 64 B /s | ratio |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in results {
         s += &format!(
-            "| {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.0} | {:.2} |\n",
+            "| {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.0} | {:.2} |\n",
             r.path,
             r.gbps_1_stream,
             r.ratio_1_stream,
             r.ofo_segments_1_stream,
             r.dsacks_1_stream,
+            r.retransmits_1_stream,
             r.gbps_4_streams,
             r.ratio_4_streams,
             r.rr_per_sec,

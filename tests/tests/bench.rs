@@ -63,7 +63,11 @@ fn bench_measures_every_path_and_writes_table_json_and_chart() {
             assert!(r[k].as_f64().unwrap() > 0.0, "{k} of {}", r["path"]);
         }
         // Counted from both ends' TCP (zero is a fair count).
-        for k in ["ofo_segments_1_stream", "dsacks_1_stream"] {
+        for k in [
+            "ofo_segments_1_stream",
+            "dsacks_1_stream",
+            "retransmits_1_stream",
+        ] {
             assert!(r[k].as_f64().is_some(), "{k} of {}", r["path"]);
         }
     }

@@ -645,6 +645,84 @@ fn native_decapsulation_delivers_the_inner_packet() {
     assert!(drops.is_empty(), "{drops:?}");
 }
 
+/// `__sk_buff` as BPF_PROG_TEST_RUN takes it, with only GSO fields set: the
+/// frame then looks to the program like a GRO aggregate.
+fn aggregate_ctx(gso_size: u32, gso_segs: u32) -> [u8; 192] {
+    // Offsets of `gso_segs` and `gso_size` in the UAPI's `struct __sk_buff`.
+    let mut ctx = [0u8; 192];
+    ctx[164..168].copy_from_slice(&gso_segs.to_ne_bytes());
+    ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
+    ctx
+}
+
+/// One flow, one path: after a GRO aggregate of a flow went to the VXLAN
+/// device, that flow's single frames follow it there (were they decapsulated
+/// natively they would overtake it and the receiver would see the flow
+/// reordered); other flows stay native, and the flow itself comes back once
+/// it has sent no aggregate for a while.
+#[test]
+fn a_flow_with_aggregates_keeps_to_the_device_path() {
+    require_privileges!();
+    let mut dp = native();
+    let flow = vxlan_from_peer(VNI, "10.0.1.9", "10.0.0.3");
+    let mut other = flow.clone();
+    other[34..36].copy_from_slice(&40001u16.to_be_bytes());
+
+    let (verdict, _) = dp.run("from_underlay", &flow);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "a single frame, no aggregate yet");
+
+    let ctx = aggregate_ctx(1400, 2);
+    let before = dp.counters();
+    let p: &mut SchedClassifier = dp
+        .ebpf
+        .program_mut("from_underlay")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let mut out = vec![0u8; flow.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&flow);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = Some(&ctx);
+    let r = p.test_run(opts).expect("BPF_PROG_TEST_RUN with a context");
+    out.truncate(r.data_size_out as usize);
+    assert_eq!(r.return_value, TC_ACT_OK, "an aggregate: to the device");
+    assert_eq!(out, flow, "an aggregate is left whole");
+
+    let (verdict, out) = dp.run("from_underlay", &flow);
+    assert_eq!(
+        verdict, TC_ACT_OK,
+        "its flow's next single frame follows it"
+    );
+    assert_eq!(out, flow, "untouched");
+    let (traffic, drops) = delta(&before, &dp.counters());
+    assert!(
+        traffic.is_empty() && drops.is_empty(),
+        "{traffic:?} {drops:?}"
+    );
+
+    let (verdict, _) = dp.run("from_underlay", &other);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "another flow stays native");
+
+    // Age the flow's entry past the sticky time (0: boot, long ago).
+    let mut flows: aya::maps::HashMap<_, u64, u64> = dp
+        .ebpf
+        .map_mut("NF_DEVICE_FLOWS")
+        .expect("the flow map")
+        .try_into()
+        .unwrap();
+    let key = (u32::from_be_bytes(PEER) as u64) << 16 | 40000;
+    let keys: Vec<u64> = flows.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(
+        keys,
+        vec![key],
+        "one flow recorded, by outer source and port"
+    );
+    flows.insert(key, 0, 0).unwrap();
+    let (verdict, _) = dp.run("from_underlay", &flow);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "a quiet flow is native again");
+}
+
 /// What native decapsulation refuses is dropped with the overlay's own
 /// reasons; what it does not handle goes on to the stack (and the VXLAN
 /// device) untouched.

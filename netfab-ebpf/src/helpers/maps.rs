@@ -56,3 +56,11 @@ pub static RATE_LIMITS: HashMap<u32, RateLimit> = HashMap::pinned(MAX_ENDPOINTS,
 /// LRU: entries of containers long gone age out without user space.
 #[map(name = "NF_RATE_STATE")]
 pub static RATE_STATE: LruHashMap<u32, RateState> = LruHashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// VXLAN flows (outer source address and UDP source port) that recently
+/// arrived as GRO aggregates, with when the last one did. Not pinned: a
+/// restarted agent losing it costs a few frames taking the native path.
+#[map(name = "NF_DEVICE_FLOWS")]
+pub static DEVICE_FLOWS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_DEVICE_FLOWS, 0);
+
+const MAX_DEVICE_FLOWS: u32 = 16_384;

@@ -8,12 +8,14 @@
 //! GSO/GRO aggregates are left to the VXLAN device: on this kernel,
 //! shrinking an aggregate leaves its UDP-tunnel GSO bits set (the kernel's
 //! fix, `BPF_F_ADJ_ROOM_DECAP_L4_UDP`, is newer), and such a packet would be
-//! segmented wrongly if the container ever forwarded it. So is anything the
+//! segmented wrongly if the container ever forwarded it. For a while after
+//! an aggregate, so is every frame of its flow: one flow, one path, no
+//! reordering. So is anything the
 //! checks here do not cover (options, fragments, a malformed VXLAN header,
 //! the host's own gateway address): the device path decides.
 use aya_ebpf::{
     bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_NO_CSUM_RESET},
-    helpers::bpf_csum_level,
+    helpers::{bpf_csum_level, bpf_ktime_get_ns},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -22,7 +24,7 @@ use netfab_common::{Direction, DropReason, ENCAP_F_NATIVE, HOST_ENDPOINT};
 use super::{
     counters::{drop_with, Verdict},
     endpoint::{deliver_local, lookup_endpoint},
-    maps::{ENCAP, KNOWN_HOSTS, NETWORKS, REMOTE_SUBNETS},
+    maps::{DEVICE_FLOWS, ENCAP, KNOWN_HOSTS, NETWORKS, REMOTE_SUBNETS},
     native_encap::ENCAP_LEN,
     packet::{parse, Ipv4Frame, Parsed, ETH_LEN, ETH_P_IP, IPV4_LEN},
 };
@@ -32,6 +34,11 @@ use super::{
 const HEADERS: usize = ETH_LEN + ENCAP_LEN + IPV4_LEN;
 const UDP_AT: usize = ETH_LEN + IPV4_LEN;
 const BPF_CSUM_LEVEL_DEC: u64 = 2;
+/// How long a flow that sent an aggregate keeps all its frames on the
+/// device path: long past any frame still queued there, short enough that
+/// a flow turned request/response is back on the fast path within a second.
+const STICKY_NS: u64 = 1_000_000_000;
+const STICKY_REFRESH_NS: u64 = 10_000_000;
 
 /// The headers of a VXLAN frame, read out of the packet.
 #[repr(C)]
@@ -71,21 +78,58 @@ pub fn from_underlay(ctx: &TcContext, outer: &Ipv4Frame) -> Option<Result<Verdic
     {
         return None;
     }
-    // SAFETY: the context pointer the kernel passed in; a plain field read.
-    if unsafe { (*ctx.skb.skb).gso_size } != 0 {
-        return None;
-    }
     if (ctx.len() as usize) < HEADERS {
         return None;
     }
     let h: VxlanHeaders = ctx.load(UDP_AT).ok()?;
-    if h.udp_dport != enc.port || h.vxlan_flags & 0x08 == 0 || h.inner_type != ETH_P_IP.to_be() {
+    if h.udp_dport != enc.port {
+        return None;
+    }
+    if !single_frame_path(ctx, outer.saddr(), h.udp_sport) {
+        return None;
+    }
+    if h.vxlan_flags & 0x08 == 0 || h.inner_type != ETH_P_IP.to_be() {
         return None;
     }
     if h.inner_vihl != 0x45 {
         return None;
     }
     Some(deliver(ctx, outer.saddr(), &h))
+}
+
+/// Whether this frame may be decapsulated here. Aggregates go to the
+/// device (see the module's note); so do the single frames of a flow that
+/// sent one within `STICKY_NS`, or they would overtake its aggregates still
+/// queued in the device's GRO cells, and the receiver would see one TCP
+/// flow reordered. The sender hashes each inner flow to its own UDP source
+/// port, so outer source address and port name the flow.
+#[inline(always)]
+fn single_frame_path(ctx: &TcContext, outer_saddr: u32, udp_sport: u16) -> bool {
+    let flow = ((u32::from_be(outer_saddr) as u64) << 16) | u16::from_be(udp_sport) as u64;
+    // SAFETY: plain helper call, no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the context pointer the kernel passed in; a plain field read.
+    if unsafe { (*ctx.skb.skb).gso_size } != 0 {
+        match DEVICE_FLOWS.get_ptr_mut(&flow) {
+            // Refreshed at most every STICKY_REFRESH_NS: a write per
+            // aggregate would bounce the entry's cache line between CPUs.
+            // SAFETY: a valid pointer into the map's value, written whole.
+            Some(seen) => unsafe {
+                if now.wrapping_sub(*seen) > STICKY_REFRESH_NS {
+                    *seen = now;
+                }
+            },
+            None => {
+                let _ = DEVICE_FLOWS.insert(&flow, &now, 0);
+            }
+        }
+        return false;
+    }
+    match DEVICE_FLOWS.get_ptr(&flow) {
+        // SAFETY: a valid pointer into the map's value.
+        Some(seen) => now.wrapping_sub(unsafe { *seen }) > STICKY_NS,
+        None => true,
+    }
 }
 
 #[inline(always)]
