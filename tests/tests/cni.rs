@@ -61,6 +61,24 @@ fn add_check_del_del_version_and_reachability() {
     assert_eq!(ifs[1]["name"], "eth0");
     assert_eq!(ifs[1]["sandbox"], netns.as_str());
     assert_eq!(ifs[1]["mtu"], 1450);
+    // The host end steers each flow to one CPU (RPS over every online CPU).
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let cpus = netfab::cni::attach::parse_cpu_list(online.trim()).unwrap();
+    let rps = sh::in_ns(
+        &t.host_ns(1),
+        "cat",
+        &[&format!(
+            "/sys/class/net/{}/queues/rx-0/rps_cpus",
+            host_ifname(&id, "eth0")
+        )],
+    )
+    .unwrap();
+    let want = u64::from_str_radix(&netfab::cni::attach::rps_mask(&cpus).replace(',', ""), 16);
+    assert_eq!(
+        u64::from_str_radix(&rps.trim().replace(',', ""), 16).ok(),
+        want.ok(),
+        "rps_cpus {rps:?} for CPUs {cpus:?}"
+    );
     assert_eq!(r["ips"][0]["interface"], 1);
     let addr: ipnet::Ipv4Net = r["ips"][0]["address"].as_str().unwrap().parse().unwrap();
     let subnet = t.subnet(1, 1).unwrap();

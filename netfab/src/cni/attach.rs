@@ -106,6 +106,10 @@ pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<()> {
         })?;
     drop(ns);
     refuse_ipv6(w.host_ifname)?;
+    if let Err(e) = steer_by_flow(w.host_ifname) {
+        // Only ordering is at stake, never reachability: ADD goes on.
+        eprintln!("netfab: {e:#}");
+    }
 
     let (ifname, address, gateway, route) = (w.ifname.to_string(), w.address, w.gateway, w.route);
     in_netns(w.netns, move |nl| {
@@ -190,6 +194,55 @@ pub fn refuse_ipv6(host_ifname: &str) -> Result<()> {
         }
         Err(e) => Err(e).with_context(|| format!("turning IPv6 off on {host_ifname} ({path})")),
     }
+}
+
+/// Steers the container's packets by flow (RPS over every online CPU) as
+/// they arrive on the host end. A veth queues each packet on the backlog of
+/// the CPU that sent it, and a TCP sender transmits from two (its own
+/// thread, and the softirq where ACKs arrive): without steering, one flow
+/// crosses two backlogs and reaches the other end reordered, costing
+/// spurious retransmits. Hashing each flow to one CPU keeps it in order, as
+/// a NIC's queue does. `/sys` must be this namespace's (as it is for a
+/// plugin run by the runtime in the host's namespace).
+pub fn steer_by_flow(host_ifname: &str) -> Result<()> {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .context("reading the online CPUs")?;
+    let mask = rps_mask(&parse_cpu_list(online.trim())?);
+    let path = format!("/sys/class/net/{host_ifname}/queues/rx-0/rps_cpus");
+    std::fs::write(&path, &mask)
+        .with_context(|| format!("steering {host_ifname} by flow ({path} = {mask})"))
+}
+
+/// `0-3,6`: the kernel's CPU list format.
+pub fn parse_cpu_list(list: &str) -> Result<Vec<u32>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (
+            a.parse().with_context(|| format!("CPU list {list:?}"))?,
+            b.parse().with_context(|| format!("CPU list {list:?}"))?,
+        );
+        if a > b || b >= 65_536 {
+            anyhow::bail!("CPU list {list:?}: range {part}");
+        }
+        cpus.extend(a..=b);
+    }
+    Ok(cpus)
+}
+
+/// A CPU bitmap as sysfs takes it: hex, in 32-bit groups separated by
+/// commas, highest first (CPUs 0-39: `ff,ffffffff`).
+pub fn rps_mask(cpus: &[u32]) -> String {
+    let groups = cpus.iter().max().map_or(1, |m| *m as usize / 32 + 1);
+    let mut words = vec![0u32; groups];
+    for c in cpus {
+        words[*c as usize / 32] |= 1 << (c % 32);
+    }
+    let mut out = format!("{:x}", words[groups - 1]);
+    for w in words[..groups - 1].iter().rev() {
+        out += &format!(",{w:08x}");
+    }
+    out
 }
 
 /// The gateways of the namespace's default routes other than through
@@ -278,5 +331,18 @@ mod tests {
         assert!(a.starts_with("nf"));
         assert_ne!(a, host_ifname("abc", "eth1"));
         assert_ne!(a, host_ifname("abd", "eth0"));
+    }
+
+    #[test]
+    fn cpu_lists_become_sysfs_bitmaps() {
+        assert_eq!(parse_cpu_list("0-1").unwrap(), vec![0, 1]);
+        assert_eq!(parse_cpu_list("0,2-3").unwrap(), vec![0, 2, 3]);
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("x").is_err());
+        assert_eq!(rps_mask(&[0, 1]), "3");
+        assert_eq!(rps_mask(&[0]), "1");
+        assert_eq!(rps_mask(&(0..40).collect::<Vec<_>>()), "ff,ffffffff");
+        assert_eq!(rps_mask(&[32]), "1,00000000");
+        assert_eq!(rps_mask(&[]), "0");
     }
 }
