@@ -76,14 +76,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The labs behind the netfab paths: (path name, lab name, backend,
-/// direct routing, VXLAN encapsulation).
-const LABS: [(&str, &str, Choice, bool, VxlanEncap); 5] = [
+/// direct routing, VXLAN encapsulation, flow steering).
+const LABS: [(&str, &str, Choice, bool, VxlanEncap, bool); 6] = [
     (
         "ebpf-vxlan-native",
         "bn-en",
         Choice::Ebpf,
         false,
         VxlanEncap::Native,
+        false,
+    ),
+    // The same path with each container flow steered to one CPU
+    // (`flowSteering`): what steering saves in reordering and costs.
+    (
+        "ebpf-vxlan-native-steered",
+        "bn-es",
+        Choice::Ebpf,
+        false,
+        VxlanEncap::Native,
+        true,
     ),
     (
         "ebpf-vxlan-device",
@@ -91,6 +102,7 @@ const LABS: [(&str, &str, Choice, bool, VxlanEncap); 5] = [
         Choice::Ebpf,
         false,
         VxlanEncap::Device,
+        false,
     ),
     (
         "ebpf-direct",
@@ -98,6 +110,7 @@ const LABS: [(&str, &str, Choice, bool, VxlanEncap); 5] = [
         Choice::Ebpf,
         true,
         VxlanEncap::Native,
+        false,
     ),
     (
         "kernel-vxlan",
@@ -105,8 +118,16 @@ const LABS: [(&str, &str, Choice, bool, VxlanEncap); 5] = [
         Choice::Vxlan,
         false,
         VxlanEncap::Native,
+        false,
     ),
-    ("host-gw", "bn-hg", Choice::HostGw, true, VxlanEncap::Native),
+    (
+        "host-gw",
+        "bn-hg",
+        Choice::HostGw,
+        true,
+        VxlanEncap::Native,
+        false,
+    ),
 ];
 
 /// The raw underlay is measured between the hosts of this lab.
@@ -266,11 +287,12 @@ pub fn run(
 ) -> Result<Vec<PathResult>> {
     let mut topos = Vec::new();
     let result = (|| -> Result<Vec<PathResult>> {
-        for (path, name, backend, direct, encap) in LABS {
+        for (path, name, backend, direct, encap, steered) in LABS {
             let mut t = Topology::new(name, 2, 1)?;
             t.dataplane = backend;
             t.direct_routing = direct;
             t.vxlan_encap = encap;
+            t.flow_steering = steered;
             say(format!("bench: bringing up lab {name} for path {path}"));
             topos.push(crate::up(&t, bpf_object).with_context(|| format!("lab {name}"))?);
         }

@@ -37,6 +37,7 @@ pub fn conf(topo: &Topology, h: u32, network: &str) -> Value {
         "network": network,
         "runDir": dir,
         "dataDir": dir.join("ipam"),
+        "flowSteering": topo.flow_steering,
     })
 }
 

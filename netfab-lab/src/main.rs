@@ -80,6 +80,9 @@ struct LabShape {
     /// Direct routing between hosts on one segment.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     direct_routing: bool,
+    /// Steer each container flow to one CPU (netfab-cni's `flowSteering`).
+    #[arg(long)]
+    flow_steering: bool,
     #[arg(long, env = "NETFAB_BPF_OBJECT")]
     bpf_object: Option<PathBuf>,
 }
@@ -99,6 +102,7 @@ impl LabShape {
         t.dataplane = self.dataplane;
         t.no_bpf_hosts = self.no_bpf_hosts.clone();
         t.direct_routing = self.direct_routing;
+        t.flow_steering = self.flow_steering;
         if !(1..=5).contains(&self.etcd_members) {
             anyhow::bail!("--etcd-members must be between 1 and 5");
         }

@@ -128,6 +128,9 @@ pub struct Topology {
     /// Direct routing between hosts on one segment (per network).
     #[serde(default = "yes")]
     pub direct_routing: bool,
+    /// Containers' flows steered to one CPU each (`flowSteering`).
+    #[serde(default)]
+    pub flow_steering: bool,
     /// Container MTU (from the agents in etcd mode).
     #[serde(default = "container_mtu")]
     pub container_mtu: u32,
@@ -189,6 +192,7 @@ impl Topology {
             vxlan_encap: VxlanEncap::default(),
             device_encap_hosts: Vec::new(),
             direct_routing: true,
+            flow_steering: false,
             container_mtu: CONTAINER_MTU,
             subnets: Vec::new(),
             assigned: Vec::new(),

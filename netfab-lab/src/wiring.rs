@@ -147,17 +147,20 @@ pub fn container(topo: &Topology, h: u32, c: u32) -> Result<()> {
             &format!("echo 1 > /proc/sys/net/ipv6/conf/{veth}/disable_ipv6"),
         ],
     )?;
-    // As netfab-cni does: each flow steered to one CPU (`steer_by_flow`).
-    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
-    let mask = netfab::cni::attach::rps_mask(&netfab::cni::attach::parse_cpu_list(online.trim())?);
-    sh::in_ns(
-        &host,
-        "sh",
-        &[
-            "-c",
-            &format!("echo {mask} > /sys/class/net/{veth}/queues/rx-0/rps_cpus"),
-        ],
-    )?;
+    if topo.flow_steering {
+        // As netfab-cni's `flowSteering` does (`steer_by_flow`).
+        let online = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
+        let cpus = netfab::cni::attach::parse_cpu_list(online.trim())?;
+        let mask = netfab::cni::attach::rps_mask(&cpus);
+        sh::in_ns(
+            &host,
+            "sh",
+            &[
+                "-c",
+                &format!("echo {mask} > /sys/class/net/{veth}/queues/rx-0/rps_cpus"),
+            ],
+        )?;
+    }
     ip_in(
         &host,
         &["link", "set", &veth, "address", &gw_mac, "mtu", &mtu, "up"],

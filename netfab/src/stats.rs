@@ -14,25 +14,25 @@ pub fn render(c: &Counters) -> String {
     // reasons (foreign_inner_source, guard_tunnel_port) stay aligned.
     let name_w = c
         .traffic
-        .iter()
-        .map(|(n, _)| n.len())
-        .chain(c.drops.iter().map(|(n, _)| n.len()))
+        .keys()
+        .map(|n| n.len())
+        .chain(c.drops.keys().map(|n| n.len()))
         .chain(["direction".len(), "drop reason".len()])
         .max()
         .unwrap_or(0);
     let num_w = |v: u64| v.to_string().len();
     let pkt_w = c
         .traffic
-        .iter()
-        .map(|(_, t)| num_w(t.packets))
-        .chain(c.drops.iter().map(|(_, n)| num_w(*n)))
+        .values()
+        .map(|t| num_w(t.packets))
+        .chain(c.drops.values().map(|n| num_w(*n)))
         .chain(["packets".len()])
         .max()
         .unwrap_or(0);
     let byte_w = c
         .traffic
-        .iter()
-        .map(|(_, t)| num_w(t.bytes))
+        .values()
+        .map(|t| num_w(t.bytes))
         .chain(["bytes".len()])
         .max()
         .unwrap_or(0);

@@ -45,6 +45,7 @@ fn bench_measures_every_path_and_writes_table_json_and_chart() {
         [
             "raw-underlay",
             "ebpf-vxlan-native",
+            "ebpf-vxlan-native-steered",
             "ebpf-vxlan-device",
             "ebpf-direct",
             "kernel-vxlan",
@@ -77,7 +78,7 @@ fn bench_measures_every_path_and_writes_table_json_and_chart() {
     let table = std::fs::read_to_string(out_dir.join("bench.md")).unwrap();
     assert_eq!(
         table.lines().filter(|l| l.starts_with("| ")).count(),
-        7,
+        8,
         "{table}"
     );
     for name in lab::bench::lab_names() {

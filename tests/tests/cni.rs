@@ -38,6 +38,13 @@ fn host_links(t: &Topology) -> BTreeSet<String> {
         .collect()
 }
 
+/// The RPS CPU mask of host 1's interface `ifname`, as a number.
+fn rps_cpus(t: &Topology, ifname: &str) -> u64 {
+    let path = format!("/sys/class/net/{ifname}/queues/rx-0/rps_cpus");
+    let text = sh::in_ns(&t.host_ns(1), "cat", &[&path]).unwrap();
+    u64::from_str_radix(&text.trim().replace(',', ""), 16).unwrap()
+}
+
 fn allocations(t: &Topology) -> usize {
     Ipam::open(&lab::host_dir(&t.name, 1).join("ipam"), "default")
         .unwrap()
@@ -61,24 +68,8 @@ fn add_check_del_del_version_and_reachability() {
     assert_eq!(ifs[1]["name"], "eth0");
     assert_eq!(ifs[1]["sandbox"], netns.as_str());
     assert_eq!(ifs[1]["mtu"], 1450);
-    // The host end steers each flow to one CPU (RPS over every online CPU).
-    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
-    let cpus = netfab::cni::attach::parse_cpu_list(online.trim()).unwrap();
-    let rps = sh::in_ns(
-        &t.host_ns(1),
-        "cat",
-        &[&format!(
-            "/sys/class/net/{}/queues/rx-0/rps_cpus",
-            host_ifname(&id, "eth0")
-        )],
-    )
-    .unwrap();
-    let want = u64::from_str_radix(&netfab::cni::attach::rps_mask(&cpus).replace(',', ""), 16);
-    assert_eq!(
-        u64::from_str_radix(&rps.trim().replace(',', ""), 16).ok(),
-        want.ok(),
-        "rps_cpus {rps:?} for CPUs {cpus:?}"
-    );
+    // No flow steering unless the network's config asks for it.
+    assert_eq!(rps_cpus(t, &host_ifname(&id, "eth0")), 0);
     assert_eq!(r["ips"][0]["interface"], 1);
     let addr: ipnet::Ipv4Net = r["ips"][0]["address"].as_str().unwrap().parse().unwrap();
     let subnet = t.subnet(1, 1).unwrap();
@@ -142,6 +133,25 @@ fn add_check_del_del_version_and_reachability() {
     assert_eq!(r["cniVersion"], "0.4.0");
     assert_eq!(r["ips"][0]["version"], "4");
     assert!(call(t, "DEL", &id, &netns, &old).0);
+
+    // flowSteering: the host end hashes each flow to one CPU (RPS over
+    // every online CPU), and the container is reachable as before.
+    let mut steered = conf.clone();
+    steered["flowSteering"] = true.into();
+    let (ok, r) = call(t, "ADD", &id, &netns, &steered);
+    assert!(ok, "{r}");
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let cpus = netfab::cni::attach::parse_cpu_list(online.trim()).unwrap();
+    let want =
+        u64::from_str_radix(&netfab::cni::attach::rps_mask(&cpus).replace(',', ""), 16).unwrap();
+    assert_eq!(
+        rps_cpus(t, &host_ifname(&id, "eth0")),
+        want,
+        "CPUs {cpus:?}"
+    );
+    let st = ping(&id, &t.container_ip(2, 1).to_string(), 3, "0.05").unwrap();
+    assert_eq!(st.received, 3);
+    assert!(call(t, "DEL", &id, &netns, &steered).0);
 }
 
 #[test]

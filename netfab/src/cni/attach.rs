@@ -44,6 +44,8 @@ pub struct Wiring<'a> {
     /// Routed through the gateway: 0.0.0.0/0 for the attachment that owns
     /// the default route, the network's CIDR for the others.
     pub route: Ipv4Net,
+    /// `flowSteering` of the network's config: `steer_by_flow`.
+    pub flow_steering: bool,
 }
 
 /// Runs `f` with a netlink handle inside the namespace at `path`, on a
@@ -106,9 +108,8 @@ pub async fn wire(host: &Netlink, w: &Wiring<'_>) -> Result<()> {
         })?;
     drop(ns);
     refuse_ipv6(w.host_ifname)?;
-    if let Err(e) = steer_by_flow(w.host_ifname) {
-        // Only ordering is at stake, never reachability: ADD goes on.
-        eprintln!("netfab: {e:#}");
+    if w.flow_steering {
+        steer_by_flow(w.host_ifname)?;
     }
 
     let (ifname, address, gateway, route) = (w.ifname.to_string(), w.address, w.gateway, w.route);

@@ -224,6 +224,7 @@ fn add(env: &Env, conf: &NetConf, version: &str) -> Result<Value, CniError> {
             mtu,
             mac,
             route,
+            flow_steering: conf.flow_steering,
         };
         let r = attach::wire(&host, &w).await;
         if r.is_err() {

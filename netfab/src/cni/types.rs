@@ -96,6 +96,12 @@ pub struct NetConf {
     /// enforce (a fallback dataplane), instead of running it unlimited.
     #[serde(default)]
     pub require_bandwidth_enforcement: bool,
+    /// Steer each of the container's flows to one CPU as it arrives on the
+    /// host (RPS on the host end of its veth): no reordering of a flow the
+    /// container sends from two CPUs, at the cost of a cross-CPU hand-off
+    /// per packet (see docs/dataplanes.md for both, measured).
+    #[serde(default)]
+    pub flow_steering: bool,
 }
 
 fn yes() -> bool {
@@ -311,6 +317,7 @@ mod tests {
             default_route: true,
             runtime_config: Default::default(),
             require_bandwidth_enforcement: false,
+            flow_steering: false,
         };
         assert!(conf("default", "/run/netfab", "/var/lib/netfab/ipam")
             .validate()
