@@ -127,6 +127,7 @@ pub(crate) fn lease_value(i: u32) -> Vec<u8> {
         vtep_mac: MacAddr::vtep_for(ip),
         dataplane: "ebpf".into(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
+        min_agent_version: None,
     })
     .expect("a lease encodes")
 }

@@ -342,6 +342,7 @@ impl Topology {
             port: DEFAULT_VXLAN_PORT,
             dataplane: DataplanePref::Auto,
             direct_routing: self.direct_routing,
+            min_agent_version: None,
         }
     }
     /// The network container `c` belongs to.

@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{addr::MacAddr, network::NetworkConfig};
 
+/// Unknown fields (a newer agent's) are ignored; `min_agent_version`
+/// guards those an older reader must not ignore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetLease {
     pub node: String,
@@ -31,6 +33,9 @@ pub struct SubnetLease {
     /// The dataplane the host runs for this network.
     pub dataplane: String,
     pub agent_version: String,
+    /// Agents older than this refuse the lease (`compat::too_new`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_agent_version: Option<String>,
 }
 
 /// Key-safe form of a subnet: `10.244.1.0-24`.
@@ -107,6 +112,7 @@ mod tests {
             port: 4789,
             dataplane: DataplanePref::Auto,
             direct_routing: true,
+            min_agent_version: None,
         }
     }
     fn s(x: &str) -> Ipv4Net {

@@ -38,6 +38,7 @@ pub mod agent;
 pub mod bandwidth;
 pub mod caps;
 pub mod cni;
+pub mod compat;
 pub mod dataplane;
 pub mod ipam;
 pub mod lease;

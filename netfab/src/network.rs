@@ -8,8 +8,9 @@ use crate::state::{DEFAULT_VXLAN_PORT, VNI_MAX};
 /// Which dataplane a network prefers; `auto` lets each host decide.
 pub use crate::dataplane::kind::Choice as DataplanePref;
 
+/// Read from etcd, where newer agents and CLIs may have added fields:
+/// unknown fields are ignored (docs/control-plane.md, "Compatibility").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
     pub name: String,
     /// The whole network, from which each host leases one subnet.
@@ -24,6 +25,10 @@ pub struct NetworkConfig {
     /// Route without encapsulation between hosts on one L2 segment.
     #[serde(default = "yes")]
     pub direct_routing: bool,
+    /// Set by a writer whose record older agents must not half-apply:
+    /// agents older than this refuse the network (`compat::too_new`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_agent_version: Option<String>,
 }
 
 fn yes() -> bool {
@@ -150,6 +155,7 @@ mod tests {
             port: 4789,
             dataplane: DataplanePref::Auto,
             direct_routing: true,
+            min_agent_version: None,
         }
     }
 

@@ -353,6 +353,79 @@ fn bad_etcd_data_is_logged_with_its_key_and_skipped() {
     assert!(t
         .all_hosts()
         .all(|h| !remote_subnets(t, h).contains(&"10.244.77.0/24".parse().unwrap())));
+
+    // Records of a newer release. Guarded ones (min_agent_version above
+    // this agent) are written first and must be refused whole; the ones
+    // with fields this agent does not know, written after, are served.
+    // The store's order makes "served" prove "guarded ones were judged".
+    let guarded_lease = "/netfab/networks/default/leases/10.244.80.0-24";
+    let guarded_net = "/netfab/networks/guarded/config";
+    lab::etcdctl(
+        t,
+        &[
+            "put",
+            guarded_lease,
+            r#"{"node":"next","underlay_ip":"100.64.0.98","vtep_mac":"0e:6e:64:40:00:62","dataplane":"ebpf","agent_version":"999.0.0","min_agent_version":"999.0.0"}"#,
+        ],
+    )
+    .unwrap();
+    lab::etcdctl(
+        t,
+        &[
+            "put",
+            guarded_net,
+            r#"{"name":"guarded","cidr":"10.252.0.0/16","subnet_len":24,"vni":10,"min_agent_version":"999.0.0","encryption":"required"}"#,
+        ],
+    )
+    .unwrap();
+    let future: Ipv4Net = "10.244.79.0/24".parse().unwrap();
+    lab::etcdctl(
+        t,
+        &[
+            "put",
+            "/netfab/networks/default/leases/10.244.79.0-24",
+            r#"{"node":"future","underlay_ip":"100.64.0.97","vtep_mac":"0e:6e:64:40:00:61","dataplane":"ebpf","agent_version":"9.0.0","underlay_ip6":"fd00::97","wireguard":{"public_key":"AAAA","port":51820}}"#,
+        ],
+    )
+    .unwrap();
+    lab::etcdctl(
+        t,
+        &[
+            "put",
+            "/netfab/networks/future/config",
+            r#"{"name":"future","cidr":"10.251.0.0/16","subnet_len":24,"vni":9,"cidr6":"fd10:251::/56","subnet6_len":64}"#,
+        ],
+    )
+    .unwrap();
+    for h in t.all_hosts() {
+        wait_for(
+            "a newer release's lease served, its network leased from",
+            Duration::from_secs(10),
+            || {
+                (remote_subnets(t, h).contains(&future) && lease_of(t, h, "future").is_some())
+                    .then_some(())
+            },
+        );
+        let log = lab::agent_log(t, h);
+        for key in [guarded_lease, guarded_net] {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains(key) && l.contains("needs netfab agent 999.0.0")),
+                "host {h}: {key} refused with the reason"
+            );
+        }
+        assert!(
+            !remote_subnets(t, h).contains(&"10.244.80.0/24".parse().unwrap()),
+            "host {h}: the guarded lease is not routed"
+        );
+        assert_eq!(
+            lease_of(t, h, "guarded"),
+            None,
+            "host {h}: no lease in the guarded network"
+        );
+    }
+    let st = lab.ping((1, 1), (2, 1), 3);
+    assert_eq!(st.received, 3, "the rest keeps working");
 }
 
 #[test]

@@ -250,6 +250,7 @@ mod tests {
                 vtep_mac: Default::default(),
                 dataplane: "ebpf".into(),
                 agent_version: "t".into(),
+                min_agent_version: None,
             },
         };
         // 10.244.9.0/24 is free: still routed to its last holder.

@@ -168,6 +168,7 @@ impl<S: SubnetStore> Fabric<S> {
             vtep_mac: MacAddr::vtep_for(cfg.underlay_net.addr()),
             dataplane: cfg.dataplane.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            min_agent_version: None,
         };
         let ka_every = Duration::from_secs((cfg.lease_ttl / 3).max(1) as u64);
         let local = Changes::watch(cfg.endpoints_file.parent().unwrap_or(Path::new("/")));

@@ -57,6 +57,7 @@ mod tests {
             vtep_mac: Default::default(),
             dataplane: "ebpf".into(),
             agent_version: "t".into(),
+            min_agent_version: None,
         }
     }
 

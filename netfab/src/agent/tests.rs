@@ -77,6 +77,7 @@ fn peer(node: &str, ip: &str) -> Vec<u8> {
         vtep_mac: Default::default(),
         dataplane: "ebpf".into(),
         agent_version: "t".into(),
+        min_agent_version: None,
     })
     .unwrap()
 }

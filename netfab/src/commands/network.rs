@@ -84,6 +84,7 @@ pub fn run(cmd: NetworkCmd, etcd: EtcdArgs, netns_name: Option<String>) -> Resul
                     port,
                     dataplane: dataplane.into(),
                     direct_routing,
+                    min_agent_version: None,
                 };
                 store.create_network(&cfg).await?;
                 println!(

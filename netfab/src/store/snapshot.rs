@@ -173,6 +173,9 @@ impl Snapshot {
                 let old = self.networks.get(&net);
                 let c = serde_json::from_slice::<NetworkConfig>(value)
                     .map_err(|e| format!("invalid network config: {e}{}", kept(old.is_some())))?;
+                if let Some(why) = crate::compat::too_new(c.min_agent_version.as_deref()) {
+                    return Err(format!("network config {why}{}", kept(old.is_some())));
+                }
                 c.validate()
                     .map_err(|e| format!("{e}{}", kept(old.is_some())))?;
                 if c.name != net {
@@ -207,6 +210,9 @@ impl Snapshot {
                 let old = self.leases.get(&net).and_then(|m| m.get(&sn));
                 let l = serde_json::from_slice::<SubnetLease>(value)
                     .map_err(|e| format!("invalid lease: {e}{}", kept(old.is_some())))?;
+                if let Some(why) = crate::compat::too_new(l.min_agent_version.as_deref()) {
+                    return Err(format!("lease {why}{}", kept(old.is_some())));
+                }
                 let old_created = self.created.get(&(net.clone(), sn)).copied();
                 if let Some(o) = old.filter(|o| o.node != l.node) {
                     if old_created == Some(created) {
@@ -347,6 +353,61 @@ mod tests {
                 "/netfab/networks/bad/config"
             ]
         );
+    }
+
+    /// Records from newer writers: fields this agent does not know are
+    /// ignored; a record asking for a newer agent is refused whole, with
+    /// its key, and the rest is served.
+    #[test]
+    fn unknown_fields_are_served_and_newer_minimums_refused_by_key() {
+        let k = Keys::new("/netfab");
+        let net_plus = r#"{"name":"default","cidr":"10.244.0.0/16","subnet_len":24,"vni":1,"cidr6":"fd10:244::/56","subnet6_len":64}"#;
+        let lease_plus = r#"{"node":"h1","underlay_ip":"100.64.0.1","vtep_mac":"0e:6e:64:40:00:01","dataplane":"ebpf","agent_version":"9.0.0","underlay_ip6":"fd00::1","wireguard":{"public_key":"k"}}"#;
+        let net_guarded = r#"{"name":"v6only","cidr":"10.250.0.0/16","subnet_len":24,"vni":2,"min_agent_version":"999.0.0"}"#;
+        let lease_guarded = r#"{"node":"h3","underlay_ip":"100.64.0.3","vtep_mac":"0e:6e:64:40:00:03","dataplane":"ebpf","agent_version":"999.0.0","min_agent_version":"999.0.0"}"#;
+        let kvs: Vec<ListedKv> = vec![
+            (CFG, net_plus.as_bytes(), 1),
+            (KEY, lease_plus.as_bytes(), 2),
+            ("/netfab/networks/v6only/config", net_guarded.as_bytes(), 3),
+            (
+                "/netfab/networks/default/leases/10.244.3.0-24",
+                lease_guarded.as_bytes(),
+                4,
+            ),
+        ];
+        let (s, bad) = Snapshot::from_kvs(&k, kvs, 5, None);
+        assert_eq!(s.networks["default"].cidr, "10.244.0.0/16".parse().unwrap());
+        let served: Vec<String> = s.leases["default"]
+            .values()
+            .map(|l| l.node.clone())
+            .collect();
+        assert_eq!(
+            served,
+            vec!["h1"],
+            "the lease with unknown fields is served"
+        );
+        assert!(!s.networks.contains_key("v6only"));
+        let bad: Vec<(&str, &str)> = bad
+            .iter()
+            .map(|b| (b.key.as_str(), b.reason.as_str()))
+            .collect();
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert_eq!(bad[0].0, "/netfab/networks/v6only/config");
+        assert!(bad[0].1.contains("needs netfab agent 999.0.0"), "{bad:?}");
+        assert_eq!(bad[1].0, "/netfab/networks/default/leases/10.244.3.0-24");
+        assert!(bad[1].1.contains("needs netfab agent 999.0.0"), "{bad:?}");
+    }
+
+    /// A guarded update never replaces the last good value.
+    #[test]
+    fn a_guarded_update_keeps_the_last_good_value() {
+        let k = Keys::new("/netfab");
+        let mut s = Snapshot::default();
+        s.put_key(&k, CFG, NET.as_bytes(), 1).unwrap();
+        let guarded = r#"{"name":"default","cidr":"10.244.0.0/16","subnet_len":24,"vni":1,"direct_routing":false,"min_agent_version":"999.0.0"}"#;
+        let e = s.put_key(&k, CFG, guarded.as_bytes(), 1).unwrap_err();
+        assert!(e.contains("keeping the last good value"), "{e}");
+        assert!(s.networks["default"].direct_routing, "not half-applied");
     }
 
     #[test]
