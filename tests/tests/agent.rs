@@ -107,6 +107,16 @@ fn cleanup_removes_links_pins_and_the_vxlan_device() {
     );
     let masq = netfab_lab::sh::in_ns(&host, "iptables", &["-t", "nat", "-S", "NETFAB-MASQ"]);
     assert!(masq.is_err(), "iptables chain removed");
+    for (table, chain) in [
+        ("filter", "NETFAB-ISOLATE"),
+        ("filter", "NETFAB-GUARD"),
+        ("raw", "NETFAB-SOURCE"),
+    ] {
+        let r = netfab_lab::sh::in_ns(&host, "iptables", &["-t", table, "-S", chain]);
+        assert!(r.is_err(), "{table} {chain} removed");
+    }
+    let save = netfab_lab::sh::in_ns(&host, "iptables-save", &[]).unwrap();
+    assert!(!save.contains("NETFAB-"), "no jump left: {save}");
     assert_eq!(progs, 0, "no program left on the container veth");
 }
 

@@ -645,6 +645,26 @@ fn native_decapsulation_delivers_the_inner_packet() {
     assert!(drops.is_empty(), "{drops:?}");
 }
 
+/// The object pins exactly the maps user space knows by name
+/// (`netfab_common::maps::ALL`): a map added on one side only is caught
+/// here, not by an agent that silently adopts or misses it.
+#[test]
+fn the_object_pins_exactly_the_maps_user_space_knows() {
+    require_privileges!();
+    let dp = TestDatapath::load();
+    let mut pinned: Vec<String> = std::fs::read_dir(&dp.pin_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pinned.sort();
+    let mut known: Vec<String> = netfab_common::maps::ALL
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    known.sort();
+    assert_eq!(pinned, known);
+}
+
 /// `__sk_buff` as BPF_PROG_TEST_RUN takes it, with only GSO fields set: the
 /// frame then looks to the program like a GRO aggregate.
 fn aggregate_ctx(gso_size: u32, gso_segs: u32) -> [u8; 192] {

@@ -9,5 +9,6 @@ pub mod guard;
 pub mod maps;
 pub mod native_decap;
 pub mod native_encap;
+pub mod overlay;
 pub mod packet;
 pub mod rate;

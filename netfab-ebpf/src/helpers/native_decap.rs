@@ -16,16 +16,16 @@
 use aya_ebpf::{
     bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_NO_CSUM_RESET},
     helpers::{bpf_csum_level, bpf_ktime_get_ns},
-    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use netfab_common::{Direction, DropReason, ENCAP_F_NATIVE, HOST_ENDPOINT};
 
 use super::{
     counters::{drop_with, Verdict},
-    endpoint::{deliver_local, lookup_endpoint},
-    maps::{DEVICE_FLOWS, ENCAP, KNOWN_HOSTS, NETWORKS, REMOTE_SUBNETS},
+    endpoint::deliver_local,
+    maps::{DEVICE_FLOWS, ENCAP},
     native_encap::ENCAP_LEN,
+    overlay::{judge_inner, judge_sender},
     packet::{parse, Ipv4Frame, Parsed, ETH_LEN, ETH_P_IP, IPV4_LEN},
 };
 
@@ -140,20 +140,8 @@ fn deliver(ctx: &TcContext, outer_saddr: u32, h: &VxlanHeaders) -> Result<Verdic
         u32::from_ne_bytes(h.inner_daddr),
     );
     let sender = u32::from_be(outer_saddr);
-    if NETWORKS.get_ptr(&vni).is_none() {
-        return Err(drop_with(DropReason::UnknownVni));
-    }
-    if KNOWN_HOSTS.get_ptr(&sender).is_none() {
-        return Err(drop_with(DropReason::UnknownSource));
-    }
-    match REMOTE_SUBNETS.get(Key::new(32, inner_saddr)) {
-        Some(o) if o.underlay_ip == sender && o.vni == vni => {}
-        _ => return Err(drop_with(DropReason::ForeignInnerSource)),
-    }
-    let dst = lookup_endpoint(inner_daddr).ok_or(drop_with(DropReason::NoEndpoint))?;
-    if dst.vni != vni {
-        return Err(drop_with(DropReason::NetworkMismatch));
-    }
+    judge_sender(vni, sender)?;
+    let dst = judge_inner(vni, sender, inner_saddr, inner_daddr)?;
     if dst.ifindex == HOST_ENDPOINT {
         // The host's own traffic: the device path hands it to the stack.
         return Ok(Verdict::Action(aya_ebpf::bindings::TC_ACT_OK as i32));

@@ -3,16 +3,13 @@
 //! inner source inside a subnet that very host holds in that VNI.
 use core::mem::{size_of, zeroed};
 
-use aya_ebpf::{
-    bindings::bpf_tunnel_key, helpers::bpf_skb_get_tunnel_key, maps::lpm_trie::Key,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::bpf_tunnel_key, helpers::bpf_skb_get_tunnel_key, programs::TcContext};
 use netfab_common::{Direction, DropReason};
 
 use crate::helpers::{
     counters::{drop_with, Verdict},
-    endpoint::{deliver_local, lookup_endpoint},
-    maps::{KNOWN_HOSTS, NETWORKS, REMOTE_SUBNETS},
+    endpoint::deliver_local,
+    overlay::{judge_inner, judge_sender},
     packet::{parse, Parsed},
 };
 
@@ -29,26 +26,11 @@ pub fn try_from_overlay(ctx: &TcContext) -> Result<Verdict, Verdict> {
     let vni = key.tunnel_id;
     // SAFETY: the IPv4 member is the one the kernel fills for IPv4 tunnels.
     let remote_ip = unsafe { key.__bindgen_anon_1.remote_ipv4 };
-    if NETWORKS.get_ptr(&vni).is_none() {
-        return Err(drop_with(DropReason::UnknownVni));
-    }
-    if KNOWN_HOSTS.get_ptr(&remote_ip).is_none() {
-        return Err(drop_with(DropReason::UnknownSource));
-    }
-
+    judge_sender(vni, remote_ip)?;
     let frame = match parse(ctx)? {
         Parsed::Ipv4(f) => f,
         Parsed::Other => return Err(drop_with(DropReason::NotIpv4)),
     };
-    // The inner source must lie in a subnet this very host holds in this
-    // VNI: a known host cannot speak for another host or another network.
-    match REMOTE_SUBNETS.get(Key::new(32, frame.saddr())) {
-        Some(o) if o.underlay_ip == remote_ip && o.vni == vni => {}
-        _ => return Err(drop_with(DropReason::ForeignInnerSource)),
-    }
-    let dst = lookup_endpoint(frame.daddr()).ok_or(drop_with(DropReason::NoEndpoint))?;
-    if dst.vni != vni {
-        return Err(drop_with(DropReason::NetworkMismatch));
-    }
+    let dst = judge_inner(vni, remote_ip, frame.saddr(), frame.daddr())?;
     deliver_local(ctx, &frame, &dst, Direction::FromOverlay)
 }

@@ -42,7 +42,7 @@ pub async fn cleanup(pin_dir: &Path, vxlan_device: &str) -> Result<()> {
         }
         Err(e) => errors.push(format!("{e:#}")),
     }
-    super::iptables::remove_all();
+    errors.extend(super::iptables::remove_all());
     if errors.is_empty() {
         Ok(())
     } else {

@@ -237,15 +237,53 @@ pub fn apply(rules: &str, unchanged: bool) -> Result<()> {
     Ok(())
 }
 
-/// Removes the jumps and the chains (cleanup).
-pub fn remove_all() {
+/// Removes the jumps and the chains (cleanup); returns what failed. What
+/// is absent is not a failure (`-C`/`-L` ask first), and neither is a host
+/// without iptables: netfab cannot have added rules there.
+pub fn remove_all() -> Vec<String> {
+    if Command::new("iptables")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut errors = Vec::new();
+    let mut check = |what: String, r: Result<bool>| match r {
+        Ok(true) => true,
+        Ok(false) => {
+            errors.push(format!("iptables {what} failed"));
+            false
+        }
+        Err(e) => {
+            errors.push(format!("iptables {what}: {e:#}"));
+            false
+        }
+    };
     for (table, chain, target) in JUMPS {
-        while run(&["-t", table, "-D", chain, "-j", target]).unwrap_or(false) {}
+        // Bounded: a jump that cannot be deleted must not loop forever.
+        for _ in 0..64 {
+            if !run(&["-t", table, "-C", chain, "-j", target]).unwrap_or(false) {
+                break;
+            }
+            let del = run(&["-t", table, "-D", chain, "-j", target]);
+            if !check(format!("-t {table} -D {chain} -j {target}"), del) {
+                break;
+            }
+        }
     }
     for (table, _, target) in JUMPS {
-        let _ = run(&["-t", table, "-F", target]);
-        let _ = run(&["-t", table, "-X", target]);
+        if !run(&["-t", table, "-n", "-L", target]).unwrap_or(false) {
+            continue;
+        }
+        for op in ["-F", "-X"] {
+            let r = run(&["-t", table, op, target]);
+            check(format!("-t {table} {op} {target}"), r);
+        }
     }
+    errors
 }
 
 #[cfg(test)]
