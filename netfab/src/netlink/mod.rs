@@ -11,7 +11,14 @@ use netlink_packet_route::{
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
-use crate::{addr::MacAddr, dataplane::ebpf::tables::LinkFacts};
+use crate::addr::MacAddr;
+
+/// An interface as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkFacts {
+    pub ifindex: u32,
+    pub mac: MacAddr,
+}
 
 pub mod gateways;
 pub mod neigh;

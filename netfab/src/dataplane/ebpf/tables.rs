@@ -13,18 +13,12 @@ use netfab_common::{
 };
 
 use crate::{
-    addr::MacAddr,
     dataplane::{Skip, SkipItem},
     reconcile::{diff, Diff},
     state::DesiredState,
 };
 
-/// An interface as the kernel reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkFacts {
-    pub ifindex: u32,
-    pub mac: MacAddr,
-}
+pub use crate::netlink::LinkFacts;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Tables {
@@ -207,6 +201,7 @@ pub fn desired_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::MacAddr;
 
     fn state() -> DesiredState {
         serde_json::from_str(
