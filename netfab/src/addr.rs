@@ -3,6 +3,12 @@ use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// A subnet's gateway: its first address, held by every host-side veth
+/// of that subnet (IPAM hands out the rest).
+pub fn gateway_of(subnet: ipnet::Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
 #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct MacAddr(pub [u8; 6]);
 

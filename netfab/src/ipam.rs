@@ -71,7 +71,7 @@ impl Ipam {
     /// The gateway is the subnet's first address; containers get the rest
     /// (not the network or broadcast address).
     pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(subnet.network()) + 1)
+        crate::addr::gateway_of(subnet)
     }
 
     /// Returns the address already held by (container, ifname), or takes the

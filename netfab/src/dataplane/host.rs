@@ -59,7 +59,7 @@ fn local_gateways(state: &DesiredState) -> impl Fn(ipnet::Ipv4Net) -> Option<std
     let by_vni: std::collections::HashMap<u32, std::net::Ipv4Addr> = state
         .networks
         .iter()
-        .map(|n| (n.vni, crate::ipam::Ipam::gateway(n.subnet)))
+        .map(|n| (n.vni, crate::addr::gateway_of(n.subnet)))
         .collect();
     let vni: std::collections::HashMap<ipnet::Ipv4Net, u32> =
         state.remotes.iter().map(|r| (r.subnet, r.vni)).collect();
@@ -97,7 +97,7 @@ impl HostPlumbing {
         let gateways = state
             .networks
             .iter()
-            .map(|n| crate::ipam::Ipam::gateway(n.subnet))
+            .map(|n| crate::addr::gateway_of(n.subnet))
             .collect();
         nl.set_gateways(&gateways).await?;
         let local_gateway_for = local_gateways(state);

@@ -321,7 +321,7 @@ impl EbpfDataplane {
         let mut neighs = BTreeSet::new();
         for n in &state.networks {
             let hop = n.subnet.network();
-            let src = Some(crate::ipam::Ipam::gateway(n.subnet));
+            let src = Some(crate::addr::gateway_of(n.subnet));
             let route = |dst| HostRoute {
                 dst,
                 gateway: Some(hop),

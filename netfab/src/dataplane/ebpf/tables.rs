@@ -145,7 +145,7 @@ pub fn desired_tables(
         // The gateway address the host holds: replies to the host's own
         // packets are handed to the stack (see netlink::gateways).
         t.endpoints.insert(
-            crate::ipam::Ipam::gateway(n.subnet),
+            crate::addr::gateway_of(n.subnet),
             Endpoint {
                 ifindex: HOST_ENDPOINT,
                 vni: n.vni,
@@ -170,7 +170,7 @@ pub fn desired_tables(
     let gateways = state
         .networks
         .iter()
-        .map(|n| crate::ipam::Ipam::gateway(n.subnet));
+        .map(|n| crate::addr::gateway_of(n.subnet));
     for e in &state.etcd_endpoints {
         for ip in std::iter::once(*e.ip()).chain(gateways.clone()) {
             t.guards.insert(
@@ -317,7 +317,7 @@ mod tests {
         };
         assert_eq!(t.guards.get(&k), Some(&(DropReason::ControlPlane as u32)));
         // Also through the gateway address this host holds.
-        let gw = crate::ipam::Ipam::gateway(s.networks[0].subnet);
+        let gw = crate::addr::gateway_of(s.networks[0].subnet);
         let k = GuardKey {
             daddr: u32::from_ne_bytes(gw.octets()),
             ..k
