@@ -126,7 +126,7 @@ pub(crate) fn lease_value(i: u32) -> Vec<u8> {
         underlay_ip: ip,
         vtep_mac: MacAddr::vtep_for(ip),
         dataplane: "ebpf".into(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
+        agent_version: netfab::compat::AGENT_VERSION.into(),
         min_agent_version: None,
     })
     .expect("a lease encodes")

@@ -149,9 +149,7 @@ pub fn container(topo: &Topology, h: u32, c: u32) -> Result<()> {
     )?;
     if topo.flow_steering {
         // As netfab-cni's `flowSteering` does (`steer_by_flow`).
-        let online = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
-        let cpus = netfab::cni::attach::parse_cpu_list(online.trim())?;
-        let mask = netfab::cni::attach::rps_mask(&cpus);
+        let mask = netfab::cni::attach::all_cpus_mask()?;
         sh::in_ns(
             &host,
             "sh",

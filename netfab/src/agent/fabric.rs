@@ -167,7 +167,7 @@ impl<S: SubnetStore> Fabric<S> {
             underlay_ip: cfg.underlay_net.addr(),
             vtep_mac: MacAddr::vtep_for(cfg.underlay_net.addr()),
             dataplane: cfg.dataplane.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            agent_version: crate::compat::AGENT_VERSION.to_string(),
             min_agent_version: None,
         };
         let ka_every = Duration::from_secs((cfg.lease_ttl / 3).max(1) as u64);

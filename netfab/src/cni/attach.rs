@@ -206,12 +206,17 @@ pub fn refuse_ipv6(host_ifname: &str) -> Result<()> {
 /// a NIC's queue does. `/sys` must be this namespace's (as it is for a
 /// plugin run by the runtime in the host's namespace).
 pub fn steer_by_flow(host_ifname: &str) -> Result<()> {
-    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .context("reading the online CPUs")?;
-    let mask = rps_mask(&parse_cpu_list(online.trim())?);
+    let mask = all_cpus_mask()?;
     let path = format!("/sys/class/net/{host_ifname}/queues/rx-0/rps_cpus");
     std::fs::write(&path, &mask)
         .with_context(|| format!("steering {host_ifname} by flow ({path} = {mask})"))
+}
+
+/// Every online CPU, as an RPS mask.
+pub fn all_cpus_mask() -> Result<String> {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .context("reading the online CPUs")?;
+    Ok(rps_mask(&parse_cpu_list(online.trim())?))
 }
 
 /// `0-3,6`: the kernel's CPU list format.
